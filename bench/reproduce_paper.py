@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from opal_nb.experiments import run_paper, paper_methods, error_table, boosting_backend
+from opal_nb.experiments import (run_paper, paper_methods, error_table, boosting_backend, scaling_study, split_from_paper,
+                                 paper_classifiers)
 
 ROOT = Path(__file__).resolve().parents[1]
 SPURIOUS = ['minority', 'majority', 'error', 'worst', 'diff']  # printed as minority / majority / overall / worst / gap
@@ -31,6 +32,9 @@ def parse_args(argv=None):
     p.add_argument('--cache-dir', default=str(Path.home() / '.cache' / 'opal_nb' / 'reproduce_paper'))
     p.add_argument('--n-jobs', type=int, default=1)
     p.add_argument('--out', help='write the tidy results to this CSV')
+    p.add_argument('--scaling', metavar='DATASET', help='instead: error vs synthetic rows up to 8 x R with TabularLM, and a power-law fit')
+    p.add_argument('--scaling-setting', default='imbalanced')
+    p.add_argument('--multiples', nargs='+', type=float, default=[0, 0.5, 1, 2, 4, 8], help='synthetic rows as multiples of R')
     return p.parse_args(argv)
 
 
@@ -76,10 +80,27 @@ def verdicts(tidy: pd.DataFrame) -> str:
     return '\n'.join(lines)
 
 
+def scaling(a, cfg):
+    "Error against the number of TabularLM rows (plan 'minority'), and the fitted power law per classifier and metric."
+    t0 = time.perf_counter()
+    splits = [split_from_paper(a.data_dir, a.scaling, a.scaling_setting, s) for s in cfg['seeds']]
+    clf = {c: m for c, m in paper_classifiers(a.scaling).items() if c in (cfg['classifiers'] or ['logistic'])}
+    tidy, fits = scaling_study(splits, a.multiples, clf, {'epochs': cfg['epochs']} if cfg['epochs'] else None)
+    table = tidy.pivot_table(index=['classifier', 'metric'], columns='n_synthetic', values='value', aggfunc='mean')
+    print(f"== scaling: {a.scaling} / {a.scaling_setting}, R = {splits[0].n_real}, {len(splits)} seeds: mean test value by synthetic rows")
+    print(fmt(table))
+    print("== fit: value = e_inf + b * (1 + n/R) ** -alpha")
+    print(fmt(fits))
+    print(f"{time.perf_counter() - t0:.0f} s")
+    if a.out: tidy.to_csv(a.out, index=False)
+    return tidy, fits
+
+
 def main(argv=None):
     a = parse_args(argv)
     if not Path(a.data_dir).is_dir(): sys.exit(f"no paper data at {a.data_dir}: pass --data-dir")
     cfg = config(a)
+    if a.scaling: return scaling(a, cfg)
     methods = paper_methods({'epochs': cfg['epochs']} if cfg['epochs'] else None)
     if cfg['methods']: methods = {n: methods[n] for n in cfg['methods']}
     print(f"boosting: {boosting_backend()}; plan: {a.plan}; seeds {cfg['seeds']}; methods {list(methods)}")

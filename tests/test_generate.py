@@ -197,3 +197,14 @@ def test_paper_diabetes_learns_label_glucose_relation():
     real = df.groupby('class').plas.mean()
     assert real[1] > real[0] + 10
     assert hi.plas.mean() > lo.plas.mean() + 5, (hi.plas.mean(), lo.plas.mean())
+
+
+def test_sklearn_clone_and_set_params():
+    "OPALOverSampler is cloned by scikit-learn (cross-validation, Pipeline): its generator must clone too."
+    from sklearn.base import clone
+    from opal_nb.core import OPALInputError
+    lm = TabularLM(steps=10, n_embd=32, random_state=3)
+    twin = clone(lm)
+    assert twin is not lm and twin.get_params() == lm.get_params()
+    assert twin.set_params(steps=20).steps == 20
+    with pytest.raises(OPALInputError, match="no parameter 'step'"): twin.set_params(step=5)

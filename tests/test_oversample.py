@@ -1,11 +1,12 @@
 "Tests of opal_nb.oversample: imbalanced-learn compatibility, exact group counts, the fill loop, bad input, determinism."
-import re, time
+import re, time, unittest
 from collections import Counter
 
 import numpy as np
 import pandas as pd
 import pytest
 import sklearn
+from hypothesis import given, settings, HealthCheck, strategies as st
 from scipy import sparse
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
@@ -151,7 +152,8 @@ def test_metadata_routing_passes_sensitive_features(XY):
     X, y = XY
     band = pd.Series(np.where(X.age > 50, 'old', 'young'), name='age_band')
     with sklearn.config_context(enable_metadata_routing=True):
-        pipe = Pipeline([('oversample', GroupOverSampler('duplicate', random_state=0)), ('clf', LogisticRegression(max_iter=2000))])
+        pipe = Pipeline([('oversample', GroupOverSampler('duplicate', random_state=0)), ('scale', StandardScaler()),
+                         ('clf', LogisticRegression(max_iter=2000))])
         res = cross_validate(pipe, X, y, cv=3, params={'sensitive_features': band}, return_estimator=True, return_indices=True)
     for est, train in zip(res['estimator'], res['indices']['train']):
         counts = est.named_steps['oversample'].group_counts_
@@ -313,6 +315,11 @@ def test_numpy_in_numpy_out_and_lists(XY, kind):
     if kind == 'duplicate':  # lists in, lists out
         X_l, y_l = sampler.fit_resample(arr.tolist(), labels.tolist())
         assert isinstance(X_l, list) and isinstance(y_l, list) and Counter(y_l) == {0: 321, 1: 321}
+        people = [[39, 'F', 40.0], [52, 'M', 13.5], [41, 'F', 38.0], [30, 'M', 45.0], [47, 'F', 20.5]]
+        X_p, y_p = sampler.fit_resample(people, ['a', 'a', 'a', 'b', 'b'])
+        assert X_p[:5] == people and y_p == ['a', 'a', 'a', 'b', 'b', 'b'] and X_p[5] in people  # types kept per column
+        X_t, _ = sampler.fit_resample(tuple(map(tuple, arr)), labels)  # any array-like
+        assert isinstance(X_t, np.ndarray) and len(X_t) == 642
 
 
 def test_sensitive_features_outside_X(XY):
@@ -347,6 +354,35 @@ def test_high_precision_floats(XY):
     np.testing.assert_allclose(new, new.round(6))
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cells=st.lists(st.integers(2, 12), min_size=6, max_size=6), levels=st.integers(2, 3), method=st.sampled_from(['duplicate', 'smote']),
+       strategy=st.sampled_from(['auto', 'balance groups', 'not minority']), seed=st.integers(0, 2**16))
+def test_group_counts_property(cells, levels, method, strategy, seed):
+    "Any cell sizes: the counts after are what the strategy asks, the real rows come first, the new rows are in the groups asked."
+    rng = np.random.default_rng(seed)
+    keys = [(label, s) for label in ('no', 'yes') for s in 'abc'[:levels]]
+    rows = [(label, s) for (label, s), n in zip(keys, cells) for _ in range(n)]
+    X = pd.DataFrame({'x': rng.normal(size=len(rows)).round(3), 'n': rng.integers(0, 100, len(rows)),
+                      'kind': rng.choice(['p', 'q'], len(rows)), 's': [s for _, s in rows]})
+    y = pd.Series([label for label, _ in rows], name='label')
+    sampler = GroupOverSampler(method, sampling_strategy=strategy, sensitive='s', random_state=seed)
+    X_res, y_res = sampler.fit_resample(X, y)
+    before = sampler.group_counts_['before']
+    top = before.max()
+    present = {k: n for k, n in before.items() if n > 0}
+    if strategy == 'auto': want = {k: top for k in present}
+    elif strategy == 'not minority':
+        low = min(present, key=lambda k: present[k])
+        want = {k: (n if k == low else top) for k, n in present.items()}
+    else: want = {k: max(m for (l, _), m in present.items() if l == k[0]) for k in present}
+    after = {k: n for k, n in sampler.group_counts_['after'].items() if n > 0}
+    assert after == want
+    assert_real_rows_first(X_res, y_res, X, y)
+    new = pd.DataFrame({'label': y_res[sampler.synthetic_mask_], 's': X_res.s[sampler.synthetic_mask_]})
+    assert new.groupby(['label', 's']).size().to_dict() == {k: v for k, v in sampler.sampling_strategy_.items() if v}
+    assert X_res.dtypes.to_dict() == X.dtypes.to_dict()
+
+
 # ---------------------------------------------------------------- imbalanced-learn's common estimator checks
 CHECKED = {'duplicate': GroupOverSampler('duplicate', random_state=0), 'smote': GroupOverSampler('smote', random_state=0),
            'opal': OPALOverSampler(tiny_lm(max_steps=3, n_embd=16), random_state=0, progress=False)}
@@ -375,6 +411,29 @@ def _common_checks():
 def test_imblearn_common_checks(estimator, check):
     if hasattr(check, 'func'): check(estimator)  # from estimator_checks_generator: the name is bound already
     else: check(type(estimator).__name__, estimator)
+
+
+def _sklearn_checks():
+    from sklearn.utils.estimator_checks import estimator_checks_generator
+    for kind, est in CHECKED.items():
+        for e, check in estimator_checks_generator(est, mark='skip'):
+            yield pytest.param(e, check, id=f'{kind}-{imb_checks._check_name(check)}')
+
+
+@pytest.mark.filterwarnings("ignore::opal_nb.oversample.ShortfallWarning")
+@pytest.mark.parametrize('estimator, check', list(_sklearn_checks()))
+def test_sklearn_common_checks(estimator, check):
+    "scikit-learn's own estimator checks (cloning, pickling, params, error messages on bad X and y...)."
+    try: check(estimator)
+    except unittest.SkipTest as e: pytest.skip(str(e))
+
+
+def test_smote_refuses_missing_values(XY):
+    X, y = XY
+    with pytest.raises(OPALInputError, match="column 'bmi' has missing values \\(NaN\\), which SMOTE cannot interpolate"):
+        GroupOverSampler('smote').fit(X.assign(bmi=X.bmi.where(X.index != 4)), y)
+    X_res, _ = GroupOverSampler('duplicate', random_state=0).fit_resample(X.assign(bmi=X.bmi.where(X.index != 4)), y)
+    assert X_res.bmi.isna().sum() >= 1
 
 
 def test_sparse_input_is_refused(XY):
@@ -468,8 +527,8 @@ def _bad_inputs(X, y):
     no_women_pos = (y == 1) & (X.sex == 2)
     return {
         'empty frame': (X.iloc[:0], y.iloc[:0], {}, "y is empty"),
-        'y is None': (X, None, {}, "y is None"),
-        'constant target': (X, pd.Series(0, index=X.index, name='y'), {}, "is constant"),
+        'y is None': (X, None, {}, "the target y is None"),
+        'constant target': (X, pd.Series(0, index=X.index, name='y'), {}, "y has one class only (0)"),
         'target with NaN': (X, y.astype(float).where(y.index != 5), {}, "y has 1 missing labels"),
         'continuous y': (X, X.bmi, {}, "bin a continuous target first"),
         'length mismatch': (X, y.iloc[:-1], {}, "X has 442 rows but y has 441"),
@@ -484,7 +543,7 @@ def _bad_inputs(X, y):
         'dict asks fewer rows': (X, y, dict(sampling_strategy={1: 50}), "should be greater or equal to the original"),
         'float removes rows': (X, y, dict(sampling_strategy=0.2), "sampling_strategy=0.2"),
         'unknown group value': (X, y, dict(sensitive='sex', sampling_strategy={(1, 3): 10}), "names group (1, 3)"),
-        'X without columns': (X[[]], y, {}, "X has no columns"),
+        'X without columns': (X[[]], y, {}, "X has 0 feature(s)"),
         'multilabel y': (X, np.c_[y, y], {}, "y must hold one class per row"),
         '3-d X': (X.to_numpy()[:, :, None], y, {}, "X must be 2-dimensional"),
     }

@@ -279,3 +279,21 @@ def test_smollm2_lora_round_trip(tmp_path):
     assert len(rows) == 8 and len(tab.rejected_) == 0
     back = SmolTabular.load(tab.save(tmp_path / 'smol'))
     pd.testing.assert_frame_equal(back.sample(8, group=GROUP, random_state=1), rows)
+
+
+def test_static_batch_cache_matches_dynamic(tiny):
+    "The preallocated cache gives the same next-token logits as a copied growing cache."
+    from transformers import StaticCache
+    from opal_nb.pretrained import _batch_cache, _cache_of
+    model, tok = tiny
+    prompt = torch.tensor([tok.encode('age is 39, sex is Male, hours is 40.0, income is', add_special_tokens=False)])
+    nxt = torch.randint(3, len(tok), (4, 3), generator=torch.Generator().manual_seed(0))
+    got = []
+    with torch.no_grad():
+        for static in (True, False):
+            out = model(input_ids=prompt, use_cache=True)
+            cache = _batch_cache(_cache_of(out), model, 4, prompt.shape[1] + 3) if static else _cache_of(out)
+            if static: assert isinstance(cache, StaticCache)
+            else: cache.batch_repeat_interleave(4)
+            got.append(torch.stack([model(input_ids=nxt[:, j:j + 1], cache=cache, use_cache=True).logits[:, -1] for j in range(3)]))
+    torch.testing.assert_close(got[0], got[1], atol=1e-4, rtol=1e-4)

@@ -252,7 +252,7 @@ from opal_nb.oversample import OPALOverSampler, oversample
 from opal_nb.data import imbalanced_split, spurious_split
 
 CASES = {'explicit': 0, 'hypothesis': 0, 'ok': 0, 'refused': 0}
-FRAME_LEVEL = ('empty', 'DataFrame', 'duplicate column names', 'column name', 'frame')
+FRAME_LEVEL = ('empty', 'DataFrame', 'duplicate column names', 'column name', 'frame', 'no columns')
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -345,7 +345,7 @@ ENTRIES = dict(opal=e_opal, oversample=e_oversample, tabular=e_tabular, chat=e_c
 def names_the_problem(msg: str, df, target, sensitive) -> bool:
     "The message names a column (of the frame, the target or a sensitive one), a group, or a frame-level problem."
     cols = [str(c) for c in getattr(df, 'columns', [])] + [str(target)] + [str(c) for c in sensitive]
-    return any(repr(c) in msg or (len(c) > 1 and c in msg) for c in cols if c) or 'group' in msg or any(w in msg for w in FRAME_LEVEL)
+    return any(repr(c) in msg or (len(c) > 1 and c in msg) for c in cols) or 'group' in msg or any(w in msg for w in FRAME_LEVEL)
 
 
 def check_entry(entry, df, target, sensitive, tmp, kind='explicit'):
@@ -428,13 +428,109 @@ def random_frames(draw):
     return frame, 'target', ['group'] if sens else []
 
 
-CHEAP = ['chat', 'replay', 'filter', 'imbalanced_split', 'tabular', 'opal']
+CHEAP = ['chat', 'replay', 'filter', 'imbalanced_split']
 
 
-@pytest.mark.timeout(600)
-@pytest.mark.parametrize('entry', CHEAP)
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-@given(case=random_frames())
-def test_random_frames(entry, case, tmp_path_factory):
-    df, target, sensitive = case
-    check_entry(entry, df, target, sensitive, tmp_path_factory.mktemp('h'), kind='hypothesis')
+def _random_frames_test(max_examples):
+    @pytest.mark.timeout(600)
+    @settings(max_examples=max_examples, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(case=random_frames())
+    def test(entry, case, tmp_path_factory):
+        df, target, sensitive = case
+        check_entry(entry, df, target, sensitive, tmp_path_factory.mktemp('h'), kind='hypothesis')
+    return test
+
+
+test_random_frames_cheap = pytest.mark.parametrize('entry', CHEAP)(_random_frames_test(60))
+test_random_frames_training = pytest.mark.parametrize('entry', ['tabular', 'opal'])(_random_frames_test(15))
+test_random_frames_training_slow = pytest.mark.slow(pytest.mark.parametrize('entry', ['tabular', 'opal', 'oversample'])(_random_frames_test(150)))
+
+
+# ================================================================ 3. text-format injection
+from opal_nb.prompt import rows_to_text, parse_rows
+
+HOSTILE_TEXT = st.one_of(st.sampled_from([', ', ' is ', '.', 'a, b is c.', '"quoted"', "it's", 'x is y, z is w', '\n', 'é 名 😀',
+                                          ' lead', 'trail ', 'None', 'nan', '', '-', '1.5', '\\', '{}', 'age is 1']),
+                         st.text(min_size=0, max_size=15))
+
+
+@pytest.mark.timeout(300)
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(values=st.lists(HOSTILE_TEXT, min_size=2, max_size=8), name=st.one_of(NAMES, st.sampled_from(['note', 'a.b', 'x,y', 'is'])),
+       ages=st.lists(st.integers(-1000, 1000), min_size=8, max_size=8))
+def test_text_round_trips_through_replay_or_is_refused(values, name, ages):
+    "Rows written as text and read back by ReplayGenerator are exactly the rows, or fit refuses the column by name."
+    n = len(values)
+    df = pd.DataFrame({'age': ages[:n], name: values, 'y': (['no', 'yes'] * n)[:n]}) if name not in ('age', 'y') else None
+    if df is None: return
+    CASES['hypothesis'] += 1
+    try:
+        schema = infer_schema(df, 'y')
+        text = '\n'.join(rows_to_text(df, schema))
+        gen = ReplayGenerator(text).fit(df, 'y')
+    except OPALInputError as e:
+        assert repr(name) in str(e) or any(repr(v) in str(e) for v in values) or 'mixes types' in str(e), str(e)
+        CASES['refused'] += 1
+        return
+    CASES['ok'] += 1
+    assert gen.parse_rate_ == 1.0, gen.rejected_
+    pd.testing.assert_frame_equal(gen.rows_.reset_index(drop=True), df.reset_index(drop=True), check_dtype=False)
+    assert list(gen.rows_.columns) == list(df.columns)
+
+
+INJECTIONS = [
+    "age is 40, sex is Female, hours is 40.0, income is >50K, evil is 1.",           # an extra column
+    "age is __import__('os').system('touch {marker}'), sex is Female, hours is 40.0, income is >50K.",
+    "age is 40, sex is Female, hours is eval('open(\"{marker}\", \"w\")'), income is >50K.",
+    "age is 40, sex is Female, hours is 40.0, income is >50K. age is 41, sex is Male, hours is 1.0, income is <=50K.",
+    "age is 40, sex is Female, sex is Male, hours is 40.0, income is >50K.",          # a column twice
+    "{{'age': 40, 'sex': 'Female', 'hours': 40.0, 'income': '>50K', 'extra': 1}}",
+    "age is 40; import os; os.system('touch {marker}'), sex is Female, hours is 40.0, income is >50K.",
+    'age is 40, sex is "Female, evil is 1", hours is 40.0, income is >50K.',
+]
+
+
+def test_chat_answers_cannot_add_columns_or_run_code(tmp_path, monkeypatch):
+    from test_chat import ChatServer, PEOPLE, GROUP, KEY_ENV
+    marker = tmp_path / 'pwned'
+    valid = "age is 44, sex is Female, hours is 38.5, income is >50K."
+    answer = '\n'.join([valid] + [i.format(marker=marker) for i in INJECTIONS])
+    s = ChatServer(lambda i, body: ('text', answer)).start()
+    try:
+        lm = ChatLM('row-writer', base_url=s.url, api_key_env=None, n_examples=3, rows_per_request=2, backoff=0.01,
+                    timeout=5, cache_dir=tmp_path / 'c', random_state=1, max_requests=3).fit(PEOPLE, 'income', ['sex'])
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            rows = lm.sample(3, group=GROUP)
+    finally:
+        s.stop()
+    assert not marker.exists()
+    assert list(rows.columns) == list(PEOPLE.columns) and rows.dtypes.tolist() == PEOPLE.dtypes.tolist()
+    assert len(rows) >= 1 and set(rows.age) == {44} and set(rows.sex) == {'Female'}
+    assert len(lm.rejected_) >= len(INJECTIONS)
+    CASES['explicit'] += len(INJECTIONS)
+
+
+# ================================================================ 7. load: 100k rows in bounded memory
+def _bench_memory():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('bench_memory', ROOT / 'bench' / 'bench_memory.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_100k_rows_stream_in_bounded_memory(saved_lm):
+    """Bound: streaming 100k rows in chunks of 5000 peaks at most 8 MB (+25%) above 10k rows on the Python heap
+    (tracemalloc), and its peak RSS grows less than 64 MB over 10k rows, while holding 100k rows in memory does not."""
+    bench = _bench_memory()
+    small, big = (bench.measure(saved_lm, n, 5000, 'disk', trace=True) for n in (10_000, 100_000))
+    assert small['rows'] == 10_000 and big['rows'] == 100_000
+    print(f"\n10k: heap peak {small['python_heap_peak_mb']:.1f} MB, RSS {small['peak_mb']:.0f} MB; "
+          f"100k: heap peak {big['python_heap_peak_mb']:.1f} MB, RSS {big['peak_mb']:.0f} MB, {big['rows_per_s']:.0f} rows/s (traced)")
+    assert big['python_heap_peak_mb'] <= 1.25 * small['python_heap_peak_mb'] + 8
+    assert big['peak_mb'] - small['peak_mb'] < 64
+    whole = bench.measure(saved_lm, 100_000, 5000, 'memory', trace=True)
+    print(f"sample(100k) in memory: heap peak {whole['python_heap_peak_mb']:.1f} MB")
+    assert whole['python_heap_peak_mb'] > 2 * big['python_heap_peak_mb']  # the bound is the chunking's doing

@@ -345,12 +345,13 @@ ENTRIES = dict(opal=e_opal, oversample=e_oversample, tabular=e_tabular, chat=e_c
 def names_the_problem(msg: str, df, target, sensitive) -> bool:
     "The message names a column (of the frame, the target or a sensitive one), a group, or a frame-level problem."
     cols = [str(c) for c in getattr(df, 'columns', [])] + [str(target)] + [str(c) for c in sensitive]
+    if msg.startswith(('y ', 'y:', 'X ')) or 'n_real' in msg: return True  # fit_resample's arguments; a split's sizes
     return any(repr(c) in msg or (len(c) > 1 and c in msg) for c in cols) or 'group' in msg or any(w in msg for w in FRAME_LEVEL)
 
 
 def check_entry(entry, df, target, sensitive, tmp, kind='explicit'):
     "Run one entry point on one frame; returns 'ok' or the OPALInputError message."
-    before = df.copy(deep=True) if hasattr(df, 'copy') else df
+    before = df.copy()
     CASES[kind] += 1
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
@@ -375,7 +376,9 @@ HOSTILE = hostile_cases()
 def test_hostile_frame(case, entry, tmp_path):
     name, df, target, sensitive = HOSTILE[case]
     outcome = check_entry(entry, df, target, sensitive, tmp_path)
-    if name in MUST_REFUSE: assert outcome != 'ok', f"{name} through {entry} was accepted"
+    splits_need_not = {'all_nan_numeric', 'target_is_sensitive'}  # a split neither infers a schema nor takes sensitive columns
+    if name in MUST_REFUSE and not (entry == 'imbalanced_split' and name in splits_need_not):
+        assert outcome != 'ok', f"{name} through {entry} was accepted"
 
 
 MUST_REFUSE = {'empty', 'one_row', 'one_class', 'inf_numeric', 'neg_inf_numeric', 'nan_target', 'mixed_types',

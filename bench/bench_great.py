@@ -16,8 +16,9 @@ script (`--great-python`). Create it once with:
     /work/great-venv/bin/pip install be-great
 
 Run: `python bench/bench_great.py [--quick] [--datasets openmlDiabetes heart_failure] [--rows 500] [--budget 45]`
-(about 6-10 minutes on 2 shared cores; `--quick` trains 400 steps instead of 2000: a smoke run, GReaT then writes
-few or no valid rows).
+(about 4.5 minutes of CPU time with one thread; 11.7 minutes wall time measured while other jobs loaded the 2 cores.
+`--quick` trains 400 steps instead of 2000, about 1.7 minutes of CPU: a smoke run, GReaT then writes few or no
+valid rows).
 Figures are printed, never asserted. `--json out.json` also writes them.
 """
 import argparse, json, math, os, signal, subprocess, sys, tempfile, time

@@ -118,6 +118,17 @@ def test_sample_to_disk_bad_arguments(saved_lm, tmp_path):
     assert len(read_samples(lm.sample_to_disk(0, tmp_path / 'z'))) == 0
 
 
+def test_a_run_started_by_a_fitted_model_resumes_with_its_saved_copy(tmp_path):
+    "The realistic crash: fit, save, sample_to_disk, crash; later load the saved model and resume."
+    lm = TabularLM(max_steps=3, random_state=0, progress=False).fit(small_table(), 'y')
+    lm.save(tmp_path / 'model')
+    lm.sample_to_disk(300, tmp_path / 'run', random_state=2, chunk_size=100, max_chunks=1)
+    back = TabularLM.load(tmp_path / 'model'); back.progress = False
+    back.sample_to_disk(300, tmp_path / 'run', random_state=2, chunk_size=100)
+    lm.sample_to_disk(300, tmp_path / 'whole', random_state=2, chunk_size=100)
+    assert chunk_bytes(tmp_path / 'run') == chunk_bytes(tmp_path / 'whole') and len(read_samples(tmp_path / 'run')) == 300
+
+
 # ---------------------------------------------------------------- 4. determinism across processes
 DETERMINISM = """
 import hashlib, warnings
@@ -329,7 +340,8 @@ def hostile_cases():
 
 
 def e_opal(df, t, s, tmp):
-    X, y = (df.drop(columns=t), df[t]) if isinstance(df, pd.DataFrame) and t in df.columns else (df, None)
+    if isinstance(df, np.ndarray): X, y = df[:, :-1], df[:, -1]  # numpy input, as imbalanced-learn allows
+    else: X, y = (df.drop(columns=t), df[t]) if t in df.columns else (df, None)
     return OPALOverSampler(TabularLM(max_steps=5, progress=False), random_state=0, sensitive=s or None, progress=False).fit_resample(X, y)
 def e_oversample(df, t, s, tmp): return oversample(df, t, s, generator=TabularLM(max_steps=5, progress=False), random_state=0, progress=False)
 def e_tabular(df, t, s, tmp): return TabularLM(max_steps=5, progress=False, random_state=0).fit(df, t, s).sample(5)
@@ -537,3 +549,17 @@ def test_100k_rows_stream_in_bounded_memory(saved_lm):
     whole = bench.measure(saved_lm, 100_000, 5000, 'memory', trace=True)
     print(f"sample(100k) in memory: heap peak {whole['python_heap_peak_mb']:.1f} MB")
     assert whole['python_heap_peak_mb'] > 2 * big['python_heap_peak_mb']  # the bound is the chunking's doing
+
+
+# ================================================================ bugs found in modules owned by others (strict xfail)
+@pytest.mark.xfail(strict=True, reason="05_oversample: _prepare (oversample.py ~line 113) and coerce_like (~line 162) round with "
+                   "pandas .round(precision), which overflows finite numbers near 1e307 to inf; the sampler then blames the user's "
+                   "column for 'infinite values' it does not have. Fix: round with opal_nb.core._round (keeps |v| >= 2**52 as is).")
+def test_huge_finite_numbers_with_decimals_are_not_called_infinite():
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({'x': np.where(np.arange(40) % 5 == 0, 1e307, rng.normal(0, 1, 40).round(2)), 'y': [0] * 30 + [1] * 10})
+    assert np.isfinite(df.x).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        res = oversample(df, 'y', generator='duplicate', random_state=0)
+    assert np.isfinite(res.frame.x).all() and res.frame.x.max() == 1e307

@@ -228,4 +228,4 @@ def test_bench_arguments_and_verdicts():
 def test_bench_quick_runs(tmp_path, capsys):
     tidy = _bench().main(['--quick', '--datasets', 'heart_failure', '--seeds', '1', '--cache-dir', str(tmp_path)])
     assert set(tidy.method) == {'none', 'smote', 'opal_gpt4', 'opal_tabular'}
-    assert 'heart_failure / spurious: logistic: tabular' in capsys.readouterr().out
+    assert 'heart_failure / spurious (1 seeds): logistic: tabular' in capsys.readouterr().out

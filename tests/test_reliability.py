@@ -551,10 +551,7 @@ def test_100k_rows_stream_in_bounded_memory(saved_lm):
     assert whole['python_heap_peak_mb'] > 2 * big['python_heap_peak_mb']  # the bound is the chunking's doing
 
 
-# ================================================================ bugs found in modules owned by others (strict xfail)
-@pytest.mark.xfail(strict=True, reason="05_oversample: _prepare (oversample.py ~line 113) and coerce_like (~line 162) round with "
-                   "pandas .round(precision), which overflows finite numbers near 1e307 to inf; the sampler then blames the user's "
-                   "column for 'infinite values' it does not have. Fix: round with opal_nb.core._round (keeps |v| >= 2**52 as is).")
+# ================================================================ huge finite numbers
 def test_huge_finite_numbers_with_decimals_are_not_called_infinite():
     rng = np.random.default_rng(0)
     df = pd.DataFrame({'x': np.where(np.arange(40) % 5 == 0, 1e307, rng.normal(0, 1, 40).round(2)), 'y': [0] * 30 + [1] * 10})

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from opal_nb.experiments import (run_paper, paper_methods, error_table, boosting_backend, scaling_study, split_from_paper,
-                                 paper_classifiers)
+                                 paper_classifiers, FAST_METHODS)
 
 ROOT = Path(__file__).resolve().parents[1]
 SPURIOUS = ['minority', 'majority', 'error', 'worst', 'diff']  # printed as minority / majority / overall / worst / gap
@@ -24,7 +24,7 @@ def parse_args(argv=None):
     p.add_argument('--quick', action='store_true', help='2 data sets, 2 seeds, logistic only, a small TabularLM (CI)')
     p.add_argument('--datasets', nargs='+', help='openmlDiabetes heart_failure gender craft')
     p.add_argument('--settings', nargs='+', default=['imbalanced', 'spurious'])
-    p.add_argument('--methods', nargs='+', help='none duplicate smote opal_gpt4 opal_tabular')
+    p.add_argument('--methods', nargs='+', help='none duplicate smote opal_gpt4 opal_tabular (default), also opal_smol_icl opal_smol_ft')
     p.add_argument('--classifiers', nargs='+', help='logistic random_forest boosting')
     p.add_argument('--seeds', nargs='+', type=int, help='default 1 2 6 8 42 (quick: 1 2)')
     p.add_argument('--plan', default='released', choices=['released', 'minority'], help='groups of the synthetic rows')
@@ -104,7 +104,7 @@ def main(argv=None):
     cfg = config(a)
     if a.scaling: return scaling(a, cfg)
     methods = paper_methods({'epochs': cfg['epochs']} if cfg['epochs'] else None)
-    if cfg['methods']: methods = {n: methods[n] for n in cfg['methods']}
+    methods = {n: methods[n] for n in (cfg['methods'] or FAST_METHODS)}  # the SmolLM2 methods: bench/bench_pretrained.py
     print(f"boosting: {boosting_backend()}; plan: {a.plan}; seeds {cfg['seeds']}; methods {list(methods)}")
     t0 = time.perf_counter()
     warnings.filterwarnings('ignore', category=FutureWarning)

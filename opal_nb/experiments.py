@@ -24,11 +24,12 @@ from .oversample import GroupOverSampler, fill_groups, ShortfallWarning
 from .evaluate import group_errors, unpenalized_logistic, classifier_pipeline, summarize
 
 # %% auto #0
-__all__ = ['PAPER_METHODS', 'SPURIOUS_METRICS', 'TIDY_COLUMNS', 'ExperimentSplit', 'split_from_protocol', 'split_from_paper',
-           'group_columns', 'with_group_column', 'row_groups', 'minority_groups', 'group_plan', 'order_by_plan',
-           'PaperMethod', 'plan_counts', 'duplicate_rows', 'smote_rows', 'released_rows', 'tabular_rows',
-           'paper_methods', 'boosting_backend', 'boosting_classifier', 'paper_classifiers', 'split_metrics', 'k_rows',
-           'evaluate_rows', 'cache_path', 'run_method', 'run_paper', 'cached_results', 'error_table', 'fit_power_law',
+__all__ = ['PAPER_METHODS', 'FAST_METHODS', 'SPURIOUS_METRICS', 'TIDY_COLUMNS', 'ExperimentSplit', 'split_from_protocol',
+           'split_from_paper', 'group_columns', 'with_group_column', 'row_groups', 'minority_groups', 'group_plan',
+           'order_by_plan', 'PaperMethod', 'plan_counts', 'duplicate_rows', 'smote_rows', 'released_rows',
+           'generator_rows', 'tabular_rows', 'smol_icl_rows', 'smol_tabular_rows', 'paper_methods', 'boosting_backend',
+           'boosting_classifier', 'paper_classifiers', 'split_metrics', 'k_rows', 'evaluate_rows', 'cache_path',
+           'run_method', 'run_paper', 'cached_results', 'error_table', 'paper_data_dir', 'fit_power_law',
            'scaling_study']
 
 # %% ../nbs/07_experiments.ipynb #afa00b8a
@@ -192,16 +193,16 @@ def _fixed_attribute(split: ExperimentSplit, train: pd.DataFrame) -> dict:
         if len(u) == 1: out[int(side)] = u[0].item() if hasattr(u[0], 'item') else u[0]
     return out
 
-def tabular_rows(split: ExperimentSplit, plan: list[tuple], seed: int,
-                 max_rounds: int = 10, # generate+filter rounds per group (per attempt)
-                 attempts: int = 10, # attempts to replace rows of the wrong attribute group
-                 **params, # TabularLM arguments (epochs, n_layer, ...)
-                ) -> pd.DataFrame:
-    "Rows of the planned groups written by a `TabularLM` trained on the split's real training rows."
+def generator_rows(split: ExperimentSplit, plan: list[tuple], seed: int,
+                   generator, # an unfitted generator (`fit` + `sample`), e.g. `TabularLM(random_state=seed)`
+                   max_rounds: int = 10, # generate+filter rounds per group (per attempt)
+                   attempts: int = 10, # attempts to replace rows of the wrong attribute group
+                  ) -> pd.DataFrame:
+    "Rows of the planned groups written by `generator` fitted on the split's real training rows, through `RowFilter`."
     cols = group_columns(split)
     train = with_group_column(split, split.train)
     schema = infer_schema(train, split.target, cols[1:])
-    lm = TabularLM(**{'progress': False, **params, 'random_state': seed}).fit(train, target=split.target, sensitive=cols[1:], schema=schema)
+    lm = generator.fit(train, target=split.target, sensitive=cols[1:], schema=schema)
     row_filter = RowFilter(schema, random_state=seed).fit(train)
     fixed = _fixed_attribute(split, train)
     need, parts = plan_counts(plan), []
@@ -222,18 +223,55 @@ def tabular_rows(split: ExperimentSplit, plan: list[tuple], seed: int,
     out = pd.concat(parts, ignore_index=True)
     return out[list(split.train.columns)].astype(split.train.dtypes.to_dict())
 
+def tabular_rows(split: ExperimentSplit, plan: list[tuple], seed: int,
+                 max_rounds: int = 10, # generate+filter rounds per group (per attempt)
+                 attempts: int = 10, # attempts to replace rows of the wrong attribute group
+                 **params, # TabularLM arguments (epochs, n_layer, ...)
+                ) -> pd.DataFrame:
+    "Rows of the planned groups written by a `TabularLM` trained on the split's real training rows."
+    return generator_rows(split, plan, seed, TabularLM(**{'progress': False, **params, 'random_state': seed}), max_rounds, attempts)
+
 # %% ../nbs/07_experiments.ipynb #21e843df
+def smol_icl_rows(split: ExperimentSplit, plan: list[tuple], seed: int,
+                  max_rounds: int = 10, # generate+filter rounds per group (per attempt)
+                  attempts: int = 10, # attempts to replace rows of the wrong attribute group
+                  **params, # SmolICL arguments (model, n_examples, batch_size, temperature, ...)
+                 ) -> pd.DataFrame:
+    "Rows of the planned groups written in context by a pretrained chat LM (default SmolLM2) shown the split's real rows of the group."
+    from opal_nb.pretrained import SmolICL
+    return generator_rows(split, plan, seed, SmolICL(**{'progress': False, **params, 'random_state': seed}), max_rounds, attempts)
+
+def smol_tabular_rows(split: ExperimentSplit, plan: list[tuple], seed: int,
+                      max_rounds: int = 10, # generate+filter rounds per group (per attempt)
+                      attempts: int = 10, # attempts to replace rows of the wrong attribute group
+                      **params, # SmolTabular arguments (model, lora_r, max_steps, ...)
+                     ) -> pd.DataFrame:
+    "Rows of the planned groups written by a pretrained LM (default SmolLM2) fine-tuned on the split's real rows."
+    from opal_nb.pretrained import SmolTabular
+    return generator_rows(split, plan, seed, SmolTabular(**{'progress': False, **params, 'random_state': seed}), max_rounds, attempts)
+
+# %% ../nbs/07_experiments.ipynb #540b2adf
+FAST_METHODS = ('none', 'duplicate', 'smote', 'opal_gpt4', 'opal_tabular') # what `run_paper` runs by default
+
+def _tag(params: dict) -> str: return json.dumps(params, sort_keys=True, default=lambda o: type(o).__name__)
+
 def paper_methods(tabular: dict | None = None, # TabularLM arguments for `opal_tabular` (default: its defaults)
+                  smol_icl: dict | None = None, # SmolICL arguments for `opal_smol_icl`
+                  smol_tabular: dict | None = None, # SmolTabular arguments for `opal_smol_ft`
                  ) -> dict[str, PaperMethod]:
-    "The experiment's methods: `none`, `duplicate`, `smote`, `opal_gpt4` (released rows), `opal_tabular`."
-    tabular = dict(tabular or {})
+    "The experiment's methods: `none`, `duplicate`, `smote`, `opal_gpt4` (released rows), `opal_tabular`, `opal_smol_icl`, `opal_smol_ft`."
+    tabular, smol_icl, smol_tabular = dict(tabular or {}), dict(smol_icl or {}), dict(smol_tabular or {})
     tab = lambda split, plan, seed: tabular_rows(split, plan, seed, **tabular)
+    icl = lambda split, plan, seed: smol_icl_rows(split, plan, seed, **smol_icl)
+    ft = lambda split, plan, seed: smol_tabular_rows(split, plan, seed, **smol_tabular)
     return {
         'none': PaperMethod(None, description='the R real rows only'),
         'duplicate': PaperMethod(duplicate_rows, 'duplicate', 'v1', 'copies of training rows (RandomOverSampler per group)'),
         'smote': PaperMethod(smote_rows, 'smote', 'v1', 'SMOTE per group (imbalanced-learn)'),
         'opal_gpt4': PaperMethod(released_rows, 'focus', 'v1', "the paper's released GPT-4 Turbo rows (CSV order)"),
-        'opal_tabular': PaperMethod(tab, 'focus', 'v1 ' + json.dumps(tabular, sort_keys=True), 'TabularLM trained on the R real rows'),
+        'opal_tabular': PaperMethod(tab, 'focus', 'v1 ' + _tag(tabular), 'TabularLM trained on the R real rows'),
+        'opal_smol_icl': PaperMethod(icl, 'focus', 'v1 ' + _tag(smol_icl), 'SmolLM2-135M-Instruct in context, shown real rows of the group'),
+        'opal_smol_ft': PaperMethod(ft, 'focus', 'v1 ' + _tag(smol_tabular), 'SmolLM2-135M-Instruct fine-tuned (LoRA) on the R real rows'),
     }
 
 # %% ../nbs/07_experiments.ipynb #1436a85a
@@ -368,7 +406,7 @@ def _check_run(datasets, settings, methods, classifiers):
 def run_paper(data_dir: str | Path, # a folder laid out like the paper's release
               datasets: Iterable[str] | None = None, # folder names; None: all four
               settings: Iterable[str] = ('imbalanced', 'spurious'), # settings to run (craft has only 'imbalanced')
-              methods: Mapping[str, PaperMethod] | Iterable[str] | None = None, # a method table, or names from `paper_methods()`; None: all of them
+              methods: Mapping[str, PaperMethod] | Iterable[str] | None = None, # a method table, or names from `paper_methods()`; None: `FAST_METHODS`
               classifiers: Iterable[str] | None = None, # of 'logistic', 'random_forest', 'boosting'; None: all three
               seeds: Iterable[int] = (1, 2, 6, 8, 42), # the paper's seeds
               ks: Iterable[int] = range(6), # steps; k adds k * R / 5 synthetic rows
@@ -381,7 +419,7 @@ def run_paper(data_dir: str | Path, # a folder laid out like the paper's release
     from joblib import Parallel, delayed
     datasets = list(PAPER_DATASETS) if datasets is None else list(datasets)
     table = paper_methods()
-    if methods is None: methods = table
+    if methods is None: methods = {n: table[n] for n in FAST_METHODS}
     elif not isinstance(methods, Mapping):
         names = list(methods)
         unknown = [n for n in names if n not in table]
@@ -429,6 +467,20 @@ def error_table(tidy: pd.DataFrame, # output of `run_paper` or `run_method`
     if d.empty: raise OPALInputError(f"no rows of metric {metric!r}; metrics present: {sorted(tidy.metric.unique())}")
     index = [c for c in ('dataset', 'setting', 'classifier', 'method') if c in d.columns]
     return d.pivot_table(index=index, columns='k', values='value', aggfunc='mean', sort=False)
+
+# %% ../nbs/07_experiments.ipynb #2bad3145
+def paper_data_dir(path: str | Path | None = None, # the release folder; None: look for it
+                  ) -> Path | None:
+    "The folder of the paper's released data: `path`, `$OPAL_PAPER_DATA`, or `shared/data/opal-paper` beside the working directory or a parent."
+    if path is not None:
+        if not Path(path).is_dir(): raise OPALInputError(f"no folder at {path}: pass the folder of the paper's released data")
+        return Path(path)
+    if os.environ.get('OPAL_PAPER_DATA'): return paper_data_dir(os.environ['OPAL_PAPER_DATA'])
+    here = Path.cwd().resolve()
+    for d in (here, *here.parents):
+        for cand in (d / 'shared' / 'data' / 'opal-paper', d / 'opal-paper'):
+            if (cand / 'README.md').is_file(): return cand
+    return None
 
 # %% ../nbs/07_experiments.ipynb #52f07186
 def fit_power_law(n: Iterable[float], # synthetic rows

@@ -28,8 +28,8 @@ from .generate import TabularLM
 from .filter import RowFilter, FilterReport
 
 # %% auto #0
-__all__ = ['coerce_like', 'ShortfallWarning', 'fill_groups', 'OPALOverSampler', 'clone_generator', 'GroupOverSampler',
-           'OversampleResult', 'oversample']
+__all__ = ['GENERATORS', 'coerce_like', 'ShortfallWarning', 'fill_groups', 'OPALOverSampler', 'make_generator', 'clone_generator',
+           'GroupOverSampler', 'OversampleResult', 'oversample']
 
 # %% ../nbs/05_oversample.ipynb #b31c44a4
 def _as_frame(X) -> tuple[pd.DataFrame, str]:
@@ -245,6 +245,9 @@ def fill_groups(generator, # a fitted generator (`fit` then `sample(n, group=...
     return out, (FilterReport.combine(reports) if reports else None)
 
 # %% ../nbs/05_oversample.ipynb #485f3237
+GENERATORS = {'tabular': 'opal_nb.generate.TabularLM', 'smol_icl': 'opal_nb.pretrained.SmolICL', # generators by name
+              'smol_tabular': 'opal_nb.pretrained.SmolTabular'}
+
 class OPALOverSampler(BaseOverSampler):
     "Oversample classes or (label x sensitive) groups with rows written by a language model, filtered."
 
@@ -253,7 +256,7 @@ class OPALOverSampler(BaseOverSampler):
         "sampling_strategy": [Interval(numbers.Real, 0, 1, closed="right"),
                               StrOptions({"auto", "minority", "not minority", "not majority", "all", "balance groups"}),
                               dict, callable],
-        "generator": [None, HasMethods(["fit", "sample"])],
+        "generator": [None, StrOptions(set(GENERATORS)), HasMethods(["fit", "sample"])],
         "sensitive": [None, str, list],
         "row_filter": ["boolean", HasMethods(["fit", "filter"])],
         "max_rounds": [Interval(numbers.Integral, 1, None, closed="left")],
@@ -266,7 +269,7 @@ class OPALOverSampler(BaseOverSampler):
     __metadata_request__fit_resample = __metadata_request__fit = {"sensitive_features": True}
 
     def __init__(self,
-                 generator=None, # a generator (`TabularLM`, `ChatLM`, `ReplayGenerator`...); None: a `TabularLM`
+                 generator=None, # a generator (`TabularLM`, `ChatLM`, `ReplayGenerator`...), or a name of `GENERATORS`; None: a `TabularLM`
                  sampling_strategy='auto', # imbalanced-learn's forms, or 'balance groups'
                  random_state=None, # seed: the same seed gives the same rows
                  sensitive=None, # names of sensitive columns of X (works inside a Pipeline)
@@ -282,6 +285,18 @@ class OPALOverSampler(BaseOverSampler):
         self.on_shortfall, self.kinds, self.progress = on_shortfall, kinds, progress
 
     def _fit_resample(self, X, y, **kwargs): return self.fit_resample(X, y, **kwargs)
+
+# %% ../nbs/05_oversample.ipynb #d68b4d5c
+def make_generator(generator=None, # None, a name of `GENERATORS`, or a generator object (returned as is)
+                   **params, # arguments of the named generator's constructor (e.g. random_state, progress)
+                  ):
+    "The generator `generator` names (None: 'tabular'), built with `params`; a generator object is returned unchanged."
+    if generator is None: generator = 'tabular'
+    if not isinstance(generator, str): return generator
+    if generator not in GENERATORS: raise OPALInputError(f"unknown generator {generator!r}: choose from {list(GENERATORS)} or pass a generator object")
+    import importlib
+    module, name = GENERATORS[generator].rsplit('.', 1)
+    return getattr(importlib.import_module(module), name)(**params)
 
 # %% ../nbs/05_oversample.ipynb #8664ef80
 def clone_generator(generator, # a generator, fitted or not
@@ -301,7 +316,8 @@ def clone_generator(generator, # a generator, fitted or not
 def __sklearn_clone__(self: OPALOverSampler):
     "An unfitted copy with the same parameters (`sklearn.base.clone` uses this), the generator copied by `clone_generator`."
     params = {k: clone(v, safe=False) for k, v in self.get_params(deep=False).items() if k != 'generator'}
-    return type(self)(generator=None if self.generator is None else clone_generator(self.generator), **params)
+    gen = self.generator if self.generator is None or isinstance(self.generator, str) else clone_generator(self.generator)
+    return type(self)(generator=gen, **params)
 
 def _row_filter(sampler, df: pd.DataFrame):
     "The sampler's filter, fitted on the real rows `df` (None for `row_filter=False`)."
@@ -315,7 +331,7 @@ def _row_filter(sampler, df: pd.DataFrame):
 def fit_resample(self: OPALOverSampler, X, y, *, sensitive_features=None):
     "Resample `X`, `y`: the real rows followed by the generated ones."
     inp = _prepare(self, X, y, sensitive_features)
-    gen = TabularLM(random_state=self.random_state, progress=self.progress) if self.generator is None else self.generator
+    gen = make_generator(self.generator, random_state=self.random_state, progress=self.progress)
     self.generator_ = clone_generator(gen, self.random_state)
     self.generator_.fit(inp.model_df, target=inp.target, sensitive=inp.sensitive, schema=self.schema_)
     synth, self.filter_report_ = fill_groups(self.generator_, inp.need, [inp.target, *inp.sensitive], _row_filter(self, inp.model_df),

@@ -229,3 +229,71 @@ def test_bench_quick_runs(tmp_path, capsys):
     tidy = _bench().main(['--quick', '--datasets', 'heart_failure', '--seeds', '1', '--cache-dir', str(tmp_path)])
     assert set(tidy.method) == {'none', 'smote', 'opal_gpt4', 'opal_tabular'}
     assert 'heart_failure / spurious (1 seeds): logistic: tabular' in capsys.readouterr().out
+
+
+# ---- the pretrained (SmolLM2) methods, on a tiny random chat model --------------------------------
+@pytest.fixture(scope='module')
+def tiny_chat(default_splits, tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from opal_nb.chat import tiny_chat_model
+    from opal_nb.prompt import rows_to_text
+    from opal_nb.core import infer_schema
+    _, spur = default_splits
+    folder = tiny_chat_model(tmp_path_factory.mktemp('tiny') / 'm', corpus=rows_to_text(spur.train, infer_schema(spur.train, spur.target)) * 2)
+    return AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+
+
+@pytest.mark.parametrize('kind', ['icl', 'ft'])
+def test_smol_methods_fill_plan_without_test_rows(default_splits, tiny_chat, kind):
+    from opal_nb.experiments import smol_icl_rows, smol_tabular_rows
+    _, spur = default_splits
+    plan = group_plan(spur, 6, 'minority')
+    fn = (lambda s: smol_icl_rows(s, plan, 2, model=tiny_chat, n_examples=3, batch_size=3)) if kind == 'icl' else \
+         (lambda s: smol_tabular_rows(s, plan, 2, model=tiny_chat, lora_r=None, max_steps=2, sample_batch_size=3))
+    a = fn(spur)
+    assert plan_counts(row_groups(spur, order_by_plan(spur, a, plan))) == plan_counts(plan)
+    assert list(a.columns) == list(spur.train.columns) and (a.dtypes == spur.train.dtypes).all()
+    assert len(a.merge(spur.train)) == 0  # the filter drops copies of real rows
+    other = ExperimentSplit(**{**spur.__dict__, 'test': spur.test.iloc[:5] * 0})
+    pd.testing.assert_frame_equal(a, fn(other))  # the test rows change nothing
+
+
+def test_run_paper_default_is_the_fast_methods():
+    from opal_nb.experiments import FAST_METHODS
+    assert FAST_METHODS == ('none', 'duplicate', 'smote', 'opal_gpt4', 'opal_tabular')
+    assert set(paper_methods()) == {*FAST_METHODS, 'opal_smol_icl', 'opal_smol_ft'}
+    with pytest.raises(OPALInputError, match="unknown method 'opal_smol'"):
+        run_paper('.', methods=['opal_smol'])
+
+
+def _bench_pretrained():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('bench_pretrained', Path(__file__).resolve().parents[1] / 'bench' / 'bench_pretrained.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_pretrained_tables(tmp_path):
+    b = _bench_pretrained()
+    rows = [dict(dataset=d, setting='imbalanced', method=m, classifier='logistic', seed=s, k=5, metric='error', value=v + 0.01 * s)
+            for d, off in (('a', 0.0), ('b', 0.1)) for m, v in (('smote', 0.30), ('opal_gpt4', 0.25), ('opal_smol_icl', 0.28 + off))
+            for s in (1, 2)]
+    table = b.k5_table(pd.DataFrame(rows))
+    assert table.loc[('imbalanced', 'a', 'logistic', 2), 'opal_smol_icl'] == pytest.approx(0.295)
+    assert 'opal_smol_icl / logistic: at or below SMOTE on 1 of 2 data sets; minus GPT-4 rows: a +0.030, b +0.130' in b.verdicts(table)
+    log = tmp_path / 'cost.jsonl'
+    pd.DataFrame([dict(dataset='a', setting='imbalanced', seed=s, method='opal_smol_icl', planned=10, rows=10, seconds=12.0,
+                       fit_s=2.0, sample_s=10.0, sampled=20) for s in (1, 2)]).to_json(log, orient='records', lines=True)
+    cost = b.cost_table(log, pd.DataFrame(rows))
+    assert cost.loc['opal_smol_icl', 'sample rows/s (median)'] == 2.0 and cost.loc['opal_smol_icl', 'dropped by filters (mean)'] == 0.5
+
+
+def test_timed_wrapper_counts(default_splits):
+    b = _bench_pretrained()
+    from opal_nb.experiments import generator_rows
+    from opal_nb.generate import TabularLM
+    _, spur = default_splits
+    plan = group_plan(spur, 4, 'minority')
+    t = b.Timed(TabularLM(epochs=2, progress=False, random_state=0))
+    rows = generator_rows(spur, plan, 0, t)
+    assert t.fit_s > 0 and t.sample_s > 0 and t.sampled >= len(plan) and len(rows) >= len(plan)

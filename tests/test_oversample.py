@@ -615,3 +615,27 @@ def test_sampler_seed_reaches_an_unseeded_generator(XY):
     X, y = XY
     runs = [OPALOverSampler(tiny_lm(random_state=None), random_state=5, progress=False).fit_resample(X, y)[0] for _ in range(2)]
     pd.testing.assert_frame_equal(*runs)
+
+
+# ---------------------------------------------------------------- the generator by name
+def test_generator_by_name_validation_and_clone(XY):
+    from opal_nb.oversample import make_generator, GENERATORS
+    from opal_nb.pretrained import SmolICL, SmolTabular
+    assert list(GENERATORS) == ['tabular', 'smol_icl', 'smol_tabular']
+    assert isinstance(make_generator('smol_icl', n_examples=4), SmolICL) and make_generator('smol_icl', n_examples=4).n_examples == 4
+    assert isinstance(make_generator('smol_tabular', lora_r=4), SmolTabular)
+    assert isinstance(make_generator(None, steps=3), TabularLM) and make_generator(None, steps=3).steps == 3
+    with pytest.raises(OPALInputError, match="unknown generator 'great'"): make_generator('great')
+    assert clone(OPALOverSampler('smol_icl')).generator == 'smol_icl'
+    X, y = XY
+    with pytest.raises(InvalidParameterError, match="generator"):
+        OPALOverSampler('great', progress=False).fit_resample(X, y)
+
+
+@pytest.mark.slow
+def test_generator_by_name_fits(XY):
+    X, y = XY
+    s = OPALOverSampler('tabular', random_state=0, progress=False)
+    Xr, yr = s.fit_resample(X.iloc[:120], y.iloc[:120])
+    assert isinstance(s.generator_, TabularLM) and s.generator_.random_state == 0
+    assert (yr.value_counts().nunique() == 1) and len(Xr) > 120

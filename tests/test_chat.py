@@ -407,7 +407,7 @@ def served(tiny, tmp_path_factory):
     exe = shutil.which('transformers', path=os.path.dirname(sys.executable)) or shutil.which('transformers')
     if exe is None: pytest.skip('the transformers CLI is not installed')
     port, log = _free_port(), tmp_path_factory.mktemp('serve') / 'serve.log'
-    env = dict(os.environ, HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1')
+    env = dict(os.environ, HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1', OMP_NUM_THREADS='1')  # many threads on a busy CPU: ~10x slower
     with open(log, 'w') as out:
         proc = subprocess.Popen([exe, 'serve', '--host', '127.0.0.1', '--port', str(port), '--device', 'cpu', tiny],
                                 stdout=out, stderr=subprocess.STDOUT, env=env)

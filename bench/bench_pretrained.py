@@ -14,6 +14,7 @@ Needs the paper's release (default ../shared/data/opal-paper) and the smollm2 ex
     python bench/bench_pretrained.py                       # everything (about 1.5-2 hours of one CPU core)
     python bench/bench_pretrained.py --quick               # 1 data set, 2 seeds, imbalanced, logistic (~10 min)
     python bench/bench_pretrained.py --settings imbalanced --methods none smote opal_smol_icl
+    python bench/bench_pretrained.py --report-only --out bench/results/pretrained.csv   # tables of what is cached
 
 Rows and results are cached per (data set, setting, seed, method) in --cache-dir (shared with
 bench/reproduce_paper.py), so an interrupted run resumes; the cost of a method is recorded when its rows are made
@@ -86,6 +87,20 @@ def timed_methods(cost_log: Path) -> dict:
     return out
 
 
+def complete(tidy: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "Split `tidy` into methods that have every (data set, setting, seed) of the run and methods that have only some."
+    tasks = tidy[['dataset', 'setting', 'seed']].drop_duplicates()
+    n = tidy.groupby('method')[['dataset', 'setting', 'seed']].apply(lambda g: len(g.drop_duplicates()))
+    full = n.index[n == len(tasks)]
+    return tidy[tidy.method.isin(full)], tidy[~tidy.method.isin(full)]
+
+
+def paired(tidy: pd.DataFrame, method: str, against=('none', 'smote', 'opal_gpt4')) -> pd.DataFrame:
+    "`method` and the `against` methods on the (data set, setting, seed) tasks `method` has: a fair comparison of a partial run."
+    have = tidy[tidy.method == method][['dataset', 'setting', 'seed']].drop_duplicates()
+    return tidy[tidy.method.isin([*against, method])].merge(have)
+
+
 def k5_table(tidy: pd.DataFrame, metric: str = 'error') -> pd.DataFrame:
     "Mean over seeds at the largest k, rows dataset x classifier, columns methods (on the seeds every method has)."
     k5 = tidy[(tidy.k == tidy.k.max()) & (tidy.metric == metric)]
@@ -138,6 +153,8 @@ def parse_args(argv=None):
     p.add_argument('--seeds', nargs='+', type=int)
     p.add_argument('--cache-dir', default=str(Path.home() / '.cache' / 'opal_nb' / 'reproduce_paper'))
     p.add_argument('--out', help='write the tidy results to this CSV (and the cost table beside it)')
+    p.add_argument('--report-only', action='store_true', help='compute nothing: report the finished tasks in --cache-dir '
+                   '(a method that finished only some seeds is compared with the baselines on those seeds only)')
     return p.parse_args(argv)
 
 
@@ -153,7 +170,14 @@ def main(argv=None):
     methods = {n: m for n, m in timed_methods(cost_log).items() if n in a.methods}
     warnings.filterwarnings('ignore', category=FutureWarning)
     t0 = time.perf_counter()
-    tidy = run_paper(a.data_dir, datasets, settings, methods, classifiers, seeds, cache_dir=a.cache_dir)
+    if a.report_only:
+        from opal_nb.experiments import cached_results
+        tidy = cached_results(a.cache_dir)
+        tidy = tidy[tidy.method.isin(list(methods)) & tidy.seed.isin(seeds) & tidy.setting.isin(settings) & tidy.classifier.isin(classifiers)
+                    & (tidy.dataset.isin(datasets) if datasets else True)].reset_index(drop=True)
+        if tidy.empty: sys.exit(f"nothing finished in {a.cache_dir} for these methods")
+    else: tidy = run_paper(a.data_dir, datasets, settings, methods, classifiers, seeds, cache_dir=a.cache_dir)
+    tidy, partial = complete(tidy)
     table = k5_table(tidy)
     pd.set_option('display.width', 200)
     print(f"== mean test error at k=5 (R synthetic rows), seeds {seeds}")
@@ -161,6 +185,12 @@ def main(argv=None):
     if (tidy.setting == 'spurious').any():
         print("\n== spurious setting: worst-group error at k=5")
         print(k5_table(tidy[tidy.setting == 'spurious'], 'worst').round(3).to_string())
+    for m in partial.method.unique():
+        both = paired(pd.concat([tidy, partial]), m)
+        print(f"\n== {m} finished only some tasks: on those, against the baselines (error at k=5; spurious: worst group too)")
+        print(k5_table(both).round(3).to_string())
+        if (both.setting == 'spurious').any(): print(k5_table(both[both.setting == 'spurious'], 'worst').round(3).to_string())
+    tidy = pd.concat([tidy, partial], ignore_index=True)
     cost = cost_table(cost_log, tidy)
     print("\n== cost on this machine (one torch thread; TabularLM/SmolLM2 fit includes loading)")
     print(cost.round(3).to_string())
@@ -175,6 +205,8 @@ def main(argv=None):
                     date=time.strftime('%Y-%m-%d'), seeds=seeds, classifiers=classifiers, settings=settings,
                     datasets=sorted(tidy.dataset.unique()), machine=f"{platform.machine()}, {os.cpu_count()} cores, no GPU",
                     torch=torch.__version__, transformers=transformers.__version__)
+        if a.report_only: info['note'] = ('rows and results made by earlier runs of this script into the same cache, on this machine '
+                                          'while other jobs shared its 2 cores; costs recorded when each task ran')
         Path(a.out).with_suffix('.json').write_text(json.dumps(info, indent=1) + '\n')
     return tidy, table, cost
 

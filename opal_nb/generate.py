@@ -402,7 +402,7 @@ def _new_model(self: TabularLM, codec: RowCodec) -> GPT2LMHeadModel:
         base = TabularLM.load(self.pretrained)
         if base.codec_.vocab != codec.vocab:
             raise OPALInputError(f"pretrained model in {self.pretrained!r} was trained on a different schema "
-                                 f"(another token layout): fit it on a table with the same columns, levels and ranges")
+                                 f"(another token layout: its columns or categorical levels differ): fit it on a table with the same columns and levels")
         model = base.model_
     else:
         n_pos = self.n_positions or codec.max_length
@@ -412,6 +412,7 @@ def _new_model(self: TabularLM, codec: RowCodec) -> GPT2LMHeadModel:
     if codec.max_length > model.config.n_positions:
         raise OPALInputError(f"a row of this table takes up to {codec.max_length} tokens, more than the model's context of "
                              f"{model.config.n_positions}: raise n_positions (or drop or coarsen columns)")
+    model.loss_type = 'ForCausalLM' # the plain next-token loss, named, so transformers does not warn on every fit
     return model
 
 @patch

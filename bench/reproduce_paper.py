@@ -6,7 +6,7 @@
 Results are cached per (data set, setting, seed, method) in --cache-dir, so an interrupted run resumes.
 """
 from __future__ import annotations
-import argparse, sys, time, warnings
+import argparse, os, sys, time, warnings
 from pathlib import Path
 
 import pandas as pd
@@ -30,7 +30,7 @@ def parse_args(argv=None):
     p.add_argument('--plan', default='released', choices=['released', 'minority'], help='groups of the synthetic rows')
     p.add_argument('--tabular-epochs', type=int, help='TabularLM epochs (default: its default; quick: 15)')
     p.add_argument('--cache-dir', default=str(Path.home() / '.cache' / 'opal_nb' / 'reproduce_paper'))
-    p.add_argument('--n-jobs', type=int, default=1)
+    p.add_argument('--n-jobs', type=int, default=os.cpu_count() or 1, help='parallel tasks (default: one per core; each uses one torch thread)')
     p.add_argument('--out', help='write the tidy results to this CSV')
     p.add_argument('--scaling', metavar='DATASET', help='instead: error vs synthetic rows up to 8 x R with TabularLM, and a power-law fit')
     p.add_argument('--scaling-setting', default='imbalanced')

@@ -271,7 +271,7 @@ def paper_methods(tabular: dict | None = None, # TabularLM arguments for `opal_t
         'opal_gpt4': PaperMethod(released_rows, 'focus', 'v1', "the paper's released GPT-4 Turbo rows (CSV order)"),
         'opal_tabular': PaperMethod(tab, 'focus', 'v1 ' + _tag(tabular), 'TabularLM trained on the R real rows'),
         'opal_smol_icl': PaperMethod(icl, 'focus', 'v1 ' + _tag(smol_icl), 'SmolLM2-135M-Instruct in context, shown real rows of the group'),
-        'opal_smol_ft': PaperMethod(ft, 'focus', 'v1 ' + _tag(smol_tabular), 'SmolLM2-135M-Instruct fine-tuned (LoRA) on the R real rows'),
+        'opal_smol_ft': PaperMethod(ft, 'focus', 'v2 ' + _tag(smol_tabular), 'SmolLM2-135M-Instruct fine-tuned (LoRA) on the R real rows'),
     }
 
 # %% ../nbs/07_experiments.ipynb #1436a85a

@@ -6,7 +6,7 @@ Docs: https://opal-nb.github.io/opal_nb/pretrained.html.md"""
 
 # %% ../nbs/03d_pretrained.ipynb #2ff441ea
 from __future__ import annotations
-import copy, functools, importlib.util, inspect, json, math, re, time, warnings
+import contextlib, copy, functools, importlib.util, inspect, json, math, re, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,8 @@ from .prompt import check_text_schema, format_value, few_shot_messages, parse_ro
 from .chat import smollm2_path, tiny_chat_model
 
 # %% auto #0
-__all__ = ['load_smollm2', 'token_bytes', 'TokenTrie', 'RowGrammar', 'RowConstraint', 'sample_rows', 'SmolICL', 'SmolTabular']
+__all__ = ['load_smollm2', 'token_bytes', 'TokenTrie', 'RowGrammar', 'RowConstraint', 'sample_rows', 'SmolICL', 'SmolTabular',
+           'row_vocab']
 
 # %% ../nbs/03d_pretrained.ipynb #c2f8b835
 @functools.lru_cache(maxsize=2)
@@ -519,6 +520,8 @@ class SmolTabular(BaseGenerator):
                  random_state: int | None = None, # seed of training and sampling
                  progress: bool = True, # progress bars
                  n_threads: int | None = 1, # torch threads (None: torch's setting); 1 is fastest on a shared CPU
+                 vocab: str = 'rows', # 'rows': softmax over the training rows' tokens, every byte and the end token; 'full': all tokens
+                 cache_frozen: bool = True, # run the layers without adapters once per training row instead of at every step
                 ):
         store = dict(locals()); store.pop('self')
         for k, v in store.items(): setattr(self, k, v)
@@ -554,6 +557,100 @@ def _new_model(self: SmolTabular, base):
     return get_peft_model(model, cfg)
 
 # %% ../nbs/03d_pretrained.ipynb #bdbb5d0b
+def _decoder(model):
+    "The transformer inside a causal LM (peft-wrapped or not): the module with the blocks and the final norm."
+    hf = model.get_base_model() if hasattr(model, 'get_base_model') else model
+    return getattr(hf, hf.base_model_prefix, None), hf
+
+def _frozen_layers(model) -> int:
+    "How many leading blocks (and the embeddings) have no trainable parameter: their output can be computed once."
+    dec, _ = _decoder(model)
+    layers = getattr(dec, 'layers', None)
+    if not isinstance(layers, torch.nn.ModuleList) or any(p.requires_grad for p in dec.get_input_embeddings().parameters()): return 0
+    n = 0
+    for layer in layers:
+        if any(p.requires_grad for p in layer.parameters()): break
+        n += 1
+    return min(n, len(layers) - 1)
+
+def row_vocab(encoded: list[list[int]], # the token ids of the training rows
+              trie: TokenTrie, # the tokenizer's vocabulary as bytes
+             ) -> torch.LongTensor:
+    "The sorted token ids the rows use, plus every single-byte token and the end token (a valid row can always be finished)."
+    single = [i for i, b in enumerate(trie.bytes) if b is not None and len(b) == 1]
+    return torch.tensor(sorted(set().union(*map(set, encoded), single, [trie.eos_id])))
+
+def _bytes_covered(trie: TokenTrie, texts: list[str]) -> bool:
+    "Whether every byte a row can contain (those of `texts`, digits, sign, point, NaN) is a token by itself: then no valid row is cut off."
+    need = set(''.join(texts).encode()) | set(b'0123456789+-.eNa')
+    return all(-1 in trie.root.get(c, {}) for c in need)
+
+class _SubsetHead(torch.nn.Module):
+    "An output layer over the tokens `ids` only; scores of all other tokens are -inf."
+    def __init__(self, head: torch.nn.Module, ids: torch.LongTensor, vocab_size: int):
+        super().__init__()
+        self.register_buffer('ids', ids.clone(), persistent=False)
+        self.weight = torch.nn.Parameter(head.weight[ids].detach().clone(), requires_grad=False)
+        b = getattr(head, 'bias', None)
+        self.bias = None if b is None else torch.nn.Parameter(b[ids].detach().clone(), requires_grad=False)
+        self.vocab_size = vocab_size
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        small = torch.nn.functional.linear(h, self.weight, self.bias)
+        out = small.new_full((*small.shape[:-1], self.vocab_size), float('-inf'))
+        out[..., self.ids] = small
+        return out
+
+# %% ../nbs/03d_pretrained.ipynb #db79b0c2
+def _pad(seqs: list, value) -> torch.Tensor:
+    "Right-pad a list of 1-d (or 2-d) tensors to one batch."
+    return torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=value)
+
+def _row_loss(model, ids: torch.LongTensor, # (batch, length) right-padded token ids
+              mask: torch.LongTensor, # 1 on real tokens
+              vocab: torch.LongTensor | None = None, # the softmax's tokens (None: all)
+              start: torch.Tensor | None = None, # hidden states after the first `n_frozen` blocks, (batch, length, hidden)
+              n_frozen: int = 0,
+             ) -> torch.Tensor:
+    "Mean next-token cross-entropy of the real tokens after the first, over `vocab`."
+    dec, hf = _decoder(model)
+    if start is None: hidden = dec(input_ids=ids, attention_mask=mask).last_hidden_state
+    else:
+        layers = dec.layers
+        dec.layers = torch.nn.ModuleList(list(layers)[n_frozen:])  # the same model, from block n_frozen on
+        try: hidden = dec(inputs_embeds=start, attention_mask=mask).last_hidden_state
+        finally: dec.layers = layers
+    tgt, keep = ids[:, 1:], mask[:, 1:].bool()
+    hidden, tgt = hidden[:, :-1][keep], tgt[keep]
+    head = hf.get_output_embeddings()
+    if vocab is None: logits = head(hidden)
+    else:
+        logits = torch.nn.functional.linear(hidden, head.weight[vocab], None if getattr(head, 'bias', None) is None else head.bias[vocab])
+        tgt = torch.searchsorted(vocab, tgt)
+    return torch.nn.functional.cross_entropy(logits.float(), tgt)
+
+def _frozen_states(model, encoded: list[list[int]], n_frozen: int, chunk: int = 16) -> list[torch.Tensor]:
+    "Each row's hidden states after the first `n_frozen` blocks, computed once (eval mode, no gradient)."
+    dec, _ = _decoder(model)
+    out, was = [], dec.training
+    dec.eval()
+    with torch.no_grad():
+        for i in range(0, len(encoded), chunk):
+            part = [torch.tensor(e) for e in encoded[i:i + chunk]]
+            ids, mask = _pad(part, 0), _pad([torch.ones(len(p), dtype=torch.long) for p in part], 0)
+            hs = dec(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[n_frozen]
+            out += [hs[j, :len(p)].clone() for j, p in enumerate(part)]
+    dec.train(was)
+    return out
+
+def _frozen_exact(model, encoded: list[list[int]], n_frozen: int) -> bool:
+    "Whether the loss through the cached states equals the whole model's on these rows (a model that rescales its input embeddings would differ)."
+    ids = _pad([torch.tensor(e) for e in encoded], 0); mask = _pad([torch.ones(len(e), dtype=torch.long) for e in encoded], 0)
+    with torch.no_grad():
+        a = _row_loss(model, ids, mask)
+        b = _row_loss(model, ids, mask, start=_pad(_frozen_states(model, encoded, n_frozen), 0.0), n_frozen=n_frozen)
+    return bool(torch.isclose(a, b, rtol=1e-4, atol=1e-5))
+
+# %% ../nbs/03d_pretrained.ipynb #27beaad7
 @patch
 def fit(self: SmolTabular, df: pd.DataFrame, # the training table
         target: str, # the label column
@@ -564,42 +661,60 @@ def fit(self: SmolTabular, df: pd.DataFrame, # the training table
     for k in ('max_steps', 'batch_size', 'sample_batch_size'):
         v = getattr(self, k)
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1: raise OPALInputError(f"{k} must be a whole number >= 1, got {v!r}")
+    if self.vocab not in ('rows', 'full'): raise OPALInputError(f"vocab must be 'rows' or 'full', got {self.vocab!r}")
     self.schema_ = _fit_schema(df, target, sensitive, schema)
     base, tok = self._lm()
     seed = _seed(self.random_state)
     start, eos = self._start_id(tok), tok.eos_token_id
-    encoded = [[start] + tok(t, add_special_tokens=False)['input_ids'] + [eos] for t in self._train_texts(coerce_frame(df[self.schema_.names].copy(), self.schema_))]
+    texts = self._train_texts(coerce_frame(df[self.schema_.names].copy(), self.schema_))
+    encoded = [[start] + tok(t, add_special_tokens=False)['input_ids'] + [eos] for t in texts]
+    trie = _trie(tok)
+    self.vocab_ = row_vocab(encoded, trie) if self.vocab == 'rows' and _bytes_covered(trie, texts) else None
     lr = self.learning_rate or (1e-3 if self.lora_r else 5e-5)
     rng = np.random.default_rng(seed)
     with torch.random.fork_rng(devices=[]), _threads(self.n_threads):
         torch.manual_seed(seed)
         model = self._new_model(base)
-        self.history_, self.fit_seconds_ = _fine_tune(model, encoded, rng, self.max_steps, self.batch_size, lr, eos, self.progress)
+        t0 = time.time()
+        self.frozen_layers_ = _frozen_layers(model) if self.cache_frozen else 0
+        if self.frozen_layers_ and not _frozen_exact(model, encoded[:4], self.frozen_layers_): self.frozen_layers_ = 0
+        states = _frozen_states(model, encoded, self.frozen_layers_) if self.frozen_layers_ else None
+        self.history_ = _fine_tune(model, encoded, rng, self.max_steps, self.batch_size, lr, self.vocab_, states, self.frozen_layers_, self.progress)
+        self.fit_seconds_ = time.time() - t0
     self.model_ = model.eval()
     self._rng = np.random.default_rng(seed)
     return self
 
-def _fine_tune(model, encoded, rng, steps, batch_size, lr, pad, progress) -> tuple[list[float], float]:
-    "AdamW with warm-up and cosine decay on random batches of `encoded`; returns the loss per step and the seconds taken."
+@contextlib.contextmanager
+def _vocab_head(model, vocab: torch.LongTensor | None):
+    "Inside the block, `model`'s output layer scores only the tokens `vocab` (all others -inf); nothing changes when `vocab` is None."
+    _, hf = _decoder(model)
+    if vocab is None: yield model; return
+    if not hasattr(hf, 'lm_head'): raise OPALInputError(f"vocab='rows' needs a model whose output layer is `lm_head`; pass vocab='full' for {type(hf).__name__}")
+    head = hf.lm_head
+    hf.lm_head = _SubsetHead(head, vocab, hf.config.vocab_size)
+    try: yield model
+    finally: hf.lm_head = head
+
+def _fine_tune(model, encoded, rng, steps, batch_size, lr, vocab=None, states=None, n_frozen=0, progress=False) -> list[float]:
+    "AdamW with warm-up and cosine decay on random batches of `encoded`; returns the loss per step."
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     warm = max(1, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, 0.5 * (1 + math.cos(math.pi * s / steps))))
     model.train()
-    losses, t0 = [], time.time()
+    losses = []
     for _ in (bar := tqdm(range(steps), desc='fine-tune', disable=not progress, leave=False)):
-        batch = [encoded[i] for i in rng.integers(len(encoded), size=batch_size)]
-        L = max(map(len, batch))
-        ids = torch.tensor([b + [pad] * (L - len(b)) for b in batch])
-        mask = torch.tensor([[1] * len(b) + [0] * (L - len(b)) for b in batch])
-        labels = ids.masked_fill(mask == 0, -100)
-        labels[:, :1] = -100
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        pick = rng.integers(len(encoded), size=batch_size)
+        ids = _pad([torch.tensor(encoded[i]) for i in pick], 0)
+        mask = _pad([torch.ones(len(encoded[i]), dtype=torch.long) for i in pick], 0)
+        start = None if states is None else _pad([states[i] for i in pick], 0.0)
+        loss = _row_loss(model, ids, mask, vocab, start, n_frozen)
         opt.zero_grad(); loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step(); sched.step()
         losses.append(loss.item()); bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    return losses, time.time() - t0
+    return losses
 
 # %% ../nbs/03d_pretrained.ipynb #21c56abb
 @patch
@@ -617,7 +732,8 @@ def sample(self: SmolTabular, n: int, # rows wanted
     with torch.random.fork_rng(devices=[]), _threads(self.n_threads), tqdm(total=n, desc='rows', disable=not self.progress, leave=False) as bar:
         while len(texts) < n:
             m = min(self.sample_batch_size, n - len(texts))
-            texts += sample_rows(self.model_, trie, [self._start_id(tok)], grammar, m, int(rng.integers(2 ** 32)), self.temperature, self.top_p)
+            with _vocab_head(self.model_, getattr(self, 'vocab_', None)) as model:
+                texts += sample_rows(model, trie, [self._start_id(tok)], grammar, m, int(rng.integers(2 ** 32)), self.temperature, self.top_p)
             bar.update(m)
     return _read_rows(self, texts, group)
 
@@ -636,7 +752,8 @@ def save(self: SmolTabular, path: str | Path # directory to write (created if ne
     params = {k: v for k, v in self.get_params().items() if k != 'model'}
     params['model'] = self.model if isinstance(self.model, (str, type(None))) else None
     (path / 'schema.json').write_text(schema_to_json(self.schema_))
-    (path / 'smol_tabular.json').write_text(json.dumps(dict(params=params, history=self.history_, fit_seconds=self.fit_seconds_), indent=1))
+    vocab = None if getattr(self, 'vocab_', None) is None else self.vocab_.tolist()
+    (path / 'smol_tabular.json').write_text(json.dumps(dict(params=params, history=self.history_, fit_seconds=self.fit_seconds_, vocab=vocab), indent=1))
     return path
 
 @patch(cls_method=True)
@@ -651,6 +768,7 @@ def load(cls: SmolTabular, path: str | Path, # directory written by `save`
     params = meta['params'] | ({'model': model} if model is not None else {})
     self = cls(**params)
     self.schema_, self.history_, self.fit_seconds_ = schema_from_json((path / 'schema.json').read_text()), meta['history'], meta['fit_seconds']
+    self.vocab_ = None if meta.get('vocab') is None else torch.tensor(meta['vocab'])
     base = copy.deepcopy(self._lm()[0])
     if self.lora_r:
         from peft import PeftModel

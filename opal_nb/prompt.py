@@ -326,7 +326,7 @@ class PromptTemplate:
     system: str = ("You are a statistician and an expert in {topic}. You write new records that follow the "
                    "statistical properties of real records: their marginal distributions, correlations and "
                    "relationships between variables.")
-    user: str = ("Here are {k} real records of {topic}, all with {group}:\n\n{rows}\n\n"
+    user: str = ("{here} {k} real {records} of {topic}, all with {group}:\n\n{rows}\n\n"
                  "Write {n_new} new records with {group}, as if they came from the same source. "
                  "Make them realistic and varied, and do not copy the records above. "
                  "Answer with the records only, {format}. Do not number them and write nothing else.")
@@ -365,4 +365,5 @@ def few_shot_messages(examples: pd.DataFrame, # real rows (only those of `group`
     gtext = ', '.join(f"{c} is {format_value(v, schema[c])}" for c, v in group.items()) or 'any values'
     return (template or PromptTemplate()).format(
         n_new=int(n_new), k=len(shown), rows='\n'.join(rows), group=gtext, columns=', '.join(_column_order(schema)),
-        format=_FORMATS[style], topic=topic)
+        format=_FORMATS[style], topic=topic, here='Here is' if len(shown) == 1 else 'Here are',
+        records='record' if len(shown) == 1 else 'records')

@@ -297,3 +297,92 @@ def test_static_batch_cache_matches_dynamic(tiny):
             else: cache.batch_repeat_interleave(4)
             got.append(torch.stack([model(input_ids=nxt[:, j:j + 1], cache=cache, use_cache=True).logits[:, -1] for j in range(3)]))
     torch.testing.assert_close(got[0], got[1], atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- the cheap fine-tune (frozen blocks cached, rows vocabulary)
+def _lora(tiny, last: int):
+    import copy
+    from peft import LoraConfig, get_peft_model
+    model, _ = tiny
+    L = model.config.num_hidden_layers
+    return get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=['q_proj', 'v_proj', 'down_proj'], layers_to_transform=list(range(L - last, L))))
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.integers(0, len(PEOPLE) - 1), min_size=1, max_size=6), restrict=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_cached_frozen_blocks_give_the_same_loss_and_gradients(tiny, rows, restrict, seed):
+    "Through the cached states of the frozen blocks, the loss and the adapters' gradients equal the whole model's."
+    from opal_nb.pretrained import _row_loss, _frozen_states, _frozen_layers, _pad, row_vocab
+    model, tok = tiny
+    torch.manual_seed(seed)
+    lora = _lora(tiny, 1)
+    for n, p in lora.named_parameters():  # adapters away from their zero start, so gradients reach every LoRA matrix
+        if p.requires_grad: p.data.normal_(0, 0.05)
+    texts = rows_to_text(PEOPLE.iloc[rows], SCHEMA)
+    enc = [[tok.eos_token_id] + tok(t, add_special_tokens=False)['input_ids'] + [tok.eos_token_id] for t in texts]
+    ids = _pad([torch.tensor(e) for e in enc], 0); mask = _pad([torch.ones(len(e), dtype=torch.long) for e in enc], 0)
+    vocab = row_vocab(enc, _trie(tok)) if restrict else None
+    n = _frozen_layers(lora)
+    assert n == model.config.num_hidden_layers - 1
+    grads = []
+    for start in (None, _pad(_frozen_states(lora, enc, n), 0.0)):
+        lora.zero_grad()
+        loss = _row_loss(lora, ids, mask, vocab, start, n if start is not None else 0)
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for p in lora.parameters() if p.requires_grad]))
+    assert math.isclose(grads[0][0], grads[1][0], rel_tol=1e-5)
+    for a, b in zip(grads[0][1], grads[1][1]): torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_row_loss_matches_transformers_and_padding_is_ignored(tiny):
+    from opal_nb.pretrained import _row_loss, _pad
+    model, tok = tiny
+    enc = [tok(t, add_special_tokens=False)['input_ids'] for t in rows_to_text(PEOPLE.iloc[:4], SCHEMA)]
+    ids = _pad([torch.tensor(e) for e in enc], 0); mask = _pad([torch.ones(len(e), dtype=torch.long) for e in enc], 0)
+    with torch.no_grad():
+        ours = _row_loss(model, ids, mask)
+        hf = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+        other_pad = _row_loss(model, ids.masked_fill(mask == 0, 7), mask)
+    assert math.isclose(ours.item(), hf.item(), rel_tol=1e-5) and math.isclose(ours.item(), other_pad.item(), rel_tol=1e-6)
+
+
+def test_vocab_head_scores_only_the_vocabulary_and_is_removed(tiny):
+    from opal_nb.pretrained import _vocab_head
+    model, tok = tiny
+    head = model.lm_head
+    ids = torch.tensor([[tok.eos_token_id, 5, 9]])
+    vocab = torch.tensor([3, 9, 40])
+    with torch.no_grad():
+        full = model(input_ids=ids).logits
+        with _vocab_head(model, vocab):
+            sub = model(input_ids=ids).logits
+    assert model.lm_head is head
+    torch.testing.assert_close(sub[..., vocab], full[..., vocab])
+    assert torch.isinf(sub).sum() == sub.shape[0] * sub.shape[1] * (sub.shape[2] - 3)
+    with pytest.raises(RuntimeError):
+        with _vocab_head(model, vocab): raise RuntimeError('boom')
+    assert model.lm_head is head
+
+
+@pytest.mark.parametrize('vocab', ['rows', 'full'])
+def test_tabular_last_layers_vocab_round_trip(tiny, tmp_path, vocab):
+    model, tok = tiny
+    tab = SmolTabular(tiny, lora_r=4, lora_layers=1, vocab=vocab, max_steps=10, batch_size=4, progress=False, random_state=0).fit(PEOPLE, 'income', ['sex'])
+    assert tab.frozen_layers_ == model.config.num_hidden_layers - 1
+    assert (tab.vocab_ is None) == (vocab == 'full')
+    if vocab == 'rows':
+        used = set().union(*(tok(t, add_special_tokens=False)['input_ids'] for t in tab._train_texts(PEOPLE)))
+        assert used <= set(tab.vocab_.tolist()) and len(tab.vocab_) < len(tok)
+    rows = tab.sample(10, group=GROUP, random_state=3)
+    assert len(rows) == 10 and len(tab.rejected_) == 0 and (rows.sex == 'Female').all()
+    back = SmolTabular.load(tab.save(tmp_path / vocab), model=tiny)
+    assert (back.vocab_ is None) == (tab.vocab_ is None) and (back.vocab_ is None or torch.equal(back.vocab_, tab.vocab_))
+    pd.testing.assert_frame_equal(back.sample(10, group=GROUP, random_state=3), rows)
+    # with the cache off, the same seed trains the same adapters: the same losses
+    plain = SmolTabular(tiny, lora_r=4, lora_layers=1, vocab=vocab, cache_frozen=False, max_steps=10, batch_size=4, progress=False, random_state=0).fit(PEOPLE, 'income', ['sex'])
+    assert plain.frozen_layers_ == 0
+    np.testing.assert_allclose(plain.history_, tab.history_, rtol=1e-4)
+
+
+def test_tabular_bad_vocab(tiny):
+    with pytest.raises(OPALInputError, match="vocab must be 'rows' or 'full'"): SmolTabular(tiny, vocab='small').fit(PEOPLE, 'income')

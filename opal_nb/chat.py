@@ -15,7 +15,7 @@ from fastcore.basics import patch
 import numpy as np
 import pandas as pd
 
-from .core import OPALInputError, BaseGenerator, Schema, validate_frame, infer_schema, coerce_frame
+from .core import OPALInputError, BaseGenerator, Schema, validate_frame, infer_schema, prepare_frame, coerce_frame
 from .prompt import check_text_schema, few_shot_messages, parse_rows, PromptTemplate
 
 # %% auto #0
@@ -318,15 +318,10 @@ def fit(self: ChatLM,
        ) -> ChatLM:
     "Check the arguments, remember the real rows of `df` and their schema; returns self."
     self._check_params()
-    if schema is None: schema = infer_schema(df, target, sensitive)
-    else:
-        validate_frame(df, target, schema.sensitive)
-        if schema.target != target: raise OPALInputError(f"the schema's target is {schema.target!r} but target={target!r}")
-        missing = [c for c in schema.columns if c not in df.columns]
-        if missing: raise OPALInputError(f"the schema names columns {missing} that are not in the frame")
+    schema, df = prepare_frame(df, target, sensitive, schema)
     if self.style == 'text': check_text_schema(schema)  # a name with ', ' or ' is ' would not read back: refuse it now, not at sample time
     self.schema_ = schema
-    self.data_ = df[list(schema.columns)].reset_index(drop=True).copy()
+    self.data_ = df.reset_index(drop=True)
     self.usage_ = dict(requests=0, cache_hits=0, prompt_tokens=0, completion_tokens=0)
     self.rejected_ = pd.DataFrame(columns=['text', 'reason', 'request'])
     self._chat = None

@@ -15,8 +15,9 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['OPALInputError', 'mixed_type_problem', 'validate_frame', 'ColumnSpec', 'infer_precision', 'infer_column', 'Schema',
-           'infer_schema', 'schema_to_json', 'schema_from_json', 'coerce_frame', 'group_counts', 'group_key',
-           'group_dict', 'rows_needed', 'cramers_v', 'BaseGenerator']
+           'IDColumnWarning', 'id_like_columns', 'infer_schema', 'check_frame', 'prepare_frame', 'schema_to_json',
+           'schema_from_json', 'coerce_frame', 'group_counts', 'group_key', 'group_dict', 'rows_needed', 'cramers_v',
+           'BaseGenerator']
 
 # %% ../nbs/00_core.ipynb #71cf6343
 class OPALInputError(ValueError):
@@ -40,6 +41,7 @@ def mixed_type_problem(col: pd.Series) -> str | None:
 def validate_frame(df: pd.DataFrame, # the table to check
                    target: str, # name of the target (label) column
                    sensitive: list[str] | str | None = None, # names of the sensitive columns, if any
+                   min_classes: int = 2, # classes the target must have (a filter of one group's rows needs 1)
                   ) -> None:
     "Raise `OPALInputError` naming the problem if `df` cannot be oversampled on `target`."
     if not isinstance(df, pd.DataFrame): raise OPALInputError(f"expected a pandas DataFrame, got {type(df).__name__}")
@@ -61,7 +63,7 @@ def validate_frame(df: pd.DataFrame, # the table to check
         if n_inf: raise OPALInputError(f"column {c!r} has {n_inf} infinite values: replace them (e.g. with NaN and impute) first")
     y = df[target]
     if y.isna().any(): raise OPALInputError(f"target column {target!r} has {int(y.isna().sum())} missing values: drop those rows first")
-    if y.nunique() < 2: raise OPALInputError(f"target column {target!r} is constant ({y.iloc[0]!r}): at least two classes are needed")
+    if y.nunique() < min_classes: raise OPALInputError(f"target column {target!r} is constant ({y.iloc[0]!r}): at least two classes are needed")
     for c in sensitive:
         if df[c].isna().any(): raise OPALInputError(f"sensitive column {c!r} has {int(df[c].isna().sum())} missing values: fill or drop them first")
 
@@ -120,11 +122,19 @@ def _py(v):
     "A plain Python value for numpy scalars, so levels serialize to JSON."
     return v.item() if isinstance(v, np.generic) else v
 
+def _outward(v, precision: int, up: bool):
+    "`v` rounded to `precision` decimals away from the inside of a range: up for a maximum, down for a minimum."
+    if isinstance(v, numbers.Integral) or abs(v) >= 2.0 ** 52: return v
+    r, step = round(float(v), precision), 10.0 ** -precision
+    if up and r < v: r = round(r + step, precision)
+    if not up and r > v: r = round(r - step, precision)
+    return r
+
 def infer_column(s: pd.Series, # one column
                  kind: str | None = None, # force 'numeric' or 'categorical'
                  max_precision: int = 6, # cap on decimals
                 ) -> ColumnSpec:
-    "Infer the `ColumnSpec` of column `s`."
+    "Infer the `ColumnSpec` of column `s`; a numeric range is rounded outward to the column's precision."
     kind = kind or _column_kind(s)
     if kind not in ('numeric', 'categorical'): raise OPALInputError(f"column {s.name!r}: kind must be 'numeric' or 'categorical', got {kind!r}")
     vals = s.dropna()
@@ -134,7 +144,8 @@ def infer_column(s: pd.Series, # one column
             raise OPALInputError(f"column {s.name!r} is declared numeric but has {int(num.isna().sum())} non-numeric values, e.g. {vals[num.isna()].iloc[0]!r}")
         if len(num) == 0: raise OPALInputError(f"column {s.name!r} has no values: drop it")
         prec = 0 if pd.api.types.is_integer_dtype(s) else infer_precision(num, max_precision)
-        return ColumnSpec(s.name, 'numeric', str(s.dtype), prec, _py(num.min()), _py(num.max()), None, bool(s.isna().any()))
+        lo, hi = _outward(_py(num.min()), prec, up=False), _outward(_py(num.max()), prec, up=True)
+        return ColumnSpec(s.name, 'numeric', str(s.dtype), prec, lo, hi, None, bool(s.isna().any()))
     levels = sorted({_py(v) for v in vals.unique()}, key=lambda v: (str(type(v)), str(v)))
     if isinstance(s.dtype, pd.CategoricalDtype): levels = [_py(v) for v in s.cat.categories if v in set(levels)]
     return ColumnSpec(s.name, 'categorical', str(s.dtype), levels=levels, missing=bool(s.isna().any()))
@@ -161,22 +172,106 @@ class Schema:
     def __len__(self) -> int: return len(self.columns)
 
 # %% ../nbs/00_core.ipynb #a9fca9e4
+class IDColumnWarning(UserWarning):
+    "A column looks like a row ID and is left out of the schema."
+
+def id_like_columns(df: pd.DataFrame, # the table
+                    exclude=(), # columns never called IDs (the target, sensitive columns, columns named in `kinds`)
+                    min_rows: int = 20, # a smaller table has no ID columns
+                   ) -> list[str]:
+    "Columns that look like row IDs: text (or category) with a distinct value in every row, or integers counting through the rows."
+    if len(df) < min_rows: return []
+    out = []
+    for c in df.columns:
+        s = df[c]
+        if c in exclude or pd.api.types.is_bool_dtype(s) or pd.api.types.is_float_dtype(s) or s.isna().any(): continue
+        if s.nunique() != len(s): continue
+        if pd.api.types.is_integer_dtype(s) and int(s.max()) - int(s.min()) + 1 != len(s): continue  # distinct counts, not row numbers
+        out.append(c)
+    return out
+
 def infer_schema(df: pd.DataFrame, # the training table
                  target: str, # the label column
                  sensitive: list[str] | str | None = None, # sensitive columns, if any
                  kinds: dict | None = None, # override inferred kinds, e.g. {'sex': 'categorical'}
                  max_precision: int = 6, # cap on decimals of numeric columns
+                 drop_ids: bool = True, # leave out ID-like columns (`id_like_columns`), with an `IDColumnWarning`
                 ) -> Schema:
     "Validate `df` and infer its `Schema`."
     validate_frame(df, target, sensitive)
     kinds = dict(kinds or {})
     unknown = set(kinds) - set(df.columns)
     if unknown: raise OPALInputError(f"kinds names columns not in the frame: {sorted(unknown)}")
-    kinds[target] = 'categorical'
     sensitive = _as_list(sensitive)
+    ids = id_like_columns(df, exclude={target, *sensitive, *kinds}) if drop_ids else []
+    if ids: warnings.warn(f"columns {ids} hold a distinct value in every row (row IDs): they are left out of the schema, so no model "
+                          f"learns or copies them, and generated rows get a missing value there; to keep one, name it in kinds "
+                          f"(kinds={{{ids[0]!r}: 'categorical'}})", IDColumnWarning, stacklevel=2)
+    kinds[target] = 'categorical'
     for c in sensitive: kinds.setdefault(c, 'categorical')
-    cols = {c: infer_column(df[c], kinds.get(c), max_precision) for c in df.columns}
+    cols = {c: infer_column(df[c], kinds.get(c), max_precision) for c in df.columns if c not in ids}
     return Schema(cols, target, sensitive)
+
+# %% ../nbs/00_core.ipynb #2cede6b4
+def check_frame(df: pd.DataFrame, # rows with (at least) the schema's columns, at its precision
+                schema: Schema, # what each column may hold
+               ) -> None:
+    "Raise `OPALInputError` naming the first column of `df` with a value that `schema` does not allow."
+    fix = "infer the schema from these rows (or from a table that contains them)"
+    missing = [c for c in schema.names if c not in df.columns]
+    if missing: raise OPALInputError(f"columns {missing} of the schema are not in the frame; its columns are {list(df.columns)}")
+    for n, spec in schema.columns.items():
+        s = df[n]
+        na = s.isna()
+        if na.any() and not spec.missing: raise OPALInputError(f"column {n!r} has {int(na.sum())} missing values, but the schema allows none: {fix}")
+        v = s[~na]
+        if spec.is_numeric:
+            x = pd.to_numeric(v, errors='coerce')
+            if x.isna().any(): raise OPALInputError(f"column {n!r} is numeric in the schema but has {int(x.isna().sum())} non-numeric values, e.g. {v[x.isna()].iloc[0]!r}: {fix}")
+            out = (x < spec.minimum) | (x > spec.maximum)
+            if out.any(): raise OPALInputError(f"column {n!r} has {int(out.sum())} values outside the schema's range [{spec.minimum}, {spec.maximum}], e.g. {_py(v[out].iloc[0])!r}: {fix}")
+        else:
+            bad = ~v.astype(object).isin(spec.levels)
+            if bad.any(): raise OPALInputError(f"column {n!r} has {int(bad.sum())} values that are not among the schema's levels, e.g. {_py(v[bad].iloc[0])!r}: {fix}")
+
+# %% ../nbs/00_core.ipynb #6ce1ac22
+def _at_precision(df: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+    "`df` with its float columns of the schema rounded to the schema's precision in float64."
+    changed = {}
+    for c in schema.numeric_columns:
+        if pd.api.types.is_float_dtype(df[c]):
+            r = _round(df[c].astype('float64'), schema[c].precision)
+            if not r.equals(df[c]): changed[c] = r
+    return df.assign(**changed) if changed else df
+
+def prepare_frame(df: pd.DataFrame, # the table an entry point was given (never modified)
+                  target: str, # the label column
+                  sensitive: list[str] | str | None = None, # sensitive columns; None with a `schema`: the schema's
+                  schema: Schema | None = None, # check `df` against this schema instead of inferring one
+                  kinds: dict | None = None, # override inferred kinds (when inferring)
+                  max_precision: int = 6, # cap on decimals (when inferring)
+                  min_classes: int = 2, # classes the target must have (checking rows against a schema: 1 is enough)
+                 ) -> tuple[Schema, pd.DataFrame]:
+    "The input check of every entry point: the schema of `df` (inferred, or `schema` checked against it) and `df`'s schema columns at its precision."
+    inferred = schema is None
+    if inferred: schema = infer_schema(df, target, sensitive, kinds, max_precision)
+    else:
+        validate_frame(df, target, schema.sensitive if sensitive is None else sensitive, min_classes)
+        if target != schema.target: raise OPALInputError(f"target {target!r} differs from the schema's target {schema.target!r}")
+        if sensitive is not None and _as_list(sensitive) != list(schema.sensitive):
+            raise OPALInputError(f"sensitive columns {_as_list(sensitive)} differ from the schema's {schema.sensitive}: pass the same, or infer a new schema")
+    missing = [c for c in schema.names if c not in df.columns]
+    if missing: raise OPALInputError(f"columns {missing} of the schema are not in the frame; its columns are {list(df.columns)}")
+    columns = df[schema.names]
+    frame = _at_precision(columns, schema)
+    if inferred and frame is not columns: schema = _schema_at_precision(frame, schema, kinds, max_precision)
+    check_frame(frame, schema)
+    return schema, frame
+
+def _schema_at_precision(frame: pd.DataFrame, schema: Schema, kinds, max_precision) -> Schema:
+    "The schema of the rounded `frame` (float32 columns become float64 at their precision), without warning twice."
+    kinds = {**{c: schema[c].kind for c in schema.names}, **(kinds or {})}
+    return infer_schema(frame, schema.target, schema.sensitive, kinds, max_precision, drop_ids=False)
 
 # %% ../nbs/00_core.ipynb #7d5ff9bc
 def _schema_frame(self: Schema) -> pd.DataFrame:

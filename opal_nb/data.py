@@ -6,7 +6,7 @@ Docs: https://opal-nb.github.io/opal_nb/data.html.md"""
 
 # %% ../nbs/01_data.ipynb #4ca55f41
 from __future__ import annotations
-import io, os, tempfile, urllib.request, urllib.error
+import io, os, tempfile, urllib.request, urllib.error, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from .core import OPALInputError, group_counts, validate_frame
+from .core import OPALInputError, group_counts, validate_frame, prepare_frame, IDColumnWarning
 
 # %% auto #0
 __all__ = ['DEFAULT_THRESHOLD', 'PAPER_CLASSIFIERS', 'PAPER_DATASETS', 'TabularDataset', 'load_default', 'PaperDataset',
@@ -341,6 +341,12 @@ def _finish(df, train_pos, test_pos, masks, sizes, roles, pool_pos, names) -> tu
     return df.iloc[train_pos], df.iloc[test_pos], groups
 
 # %% ../nbs/01_data.ipynb #7110a3f0
+def _check_table(df, target, sensitive=None):
+    "The entry points' input check (`prepare_frame`), so a split refuses what fitting on it would; ID warnings wait for the fit."
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', IDColumnWarning)
+        prepare_frame(df, target, sensitive)
+
 def _check_sizes(**sizes):
     for k, v in sizes.items():
         if not isinstance(v, (int, np.integer)) or v < 0: raise OPALInputError(f"{k} must be a whole number >= 0, got {v!r}")
@@ -355,7 +361,7 @@ def imbalanced_split(df: pd.DataFrame, # the full table
                      exclude_duplicates: bool = True, # never draw a row whose values occur twice in `df`
                     ) -> ProtocolSplit:
     "The paper's class-imbalance protocol: `n_real` training rows, `n_minority` of them of `minority_label`."
-    validate_frame(df, target)
+    _check_table(df, target)
     _check_sizes(n_real=n_real, n_minority=n_minority)
     if n_minority >= n_real: raise OPALInputError(f"n_minority={n_minority} must be smaller than n_real={n_real}")
     y = df[target]
@@ -401,7 +407,7 @@ def spurious_split(df: pd.DataFrame, # the full table
                    exclude_duplicates: bool = True, # never draw a row whose values occur twice in `df`
                   ) -> ProtocolSplit:
     "The paper's spurious-correlation protocol: attribute and label agree in all but 2 x `n_minority_group` training rows."
-    validate_frame(df, target, [attribute])
+    _check_table(df, target, [attribute])
     _check_sizes(n_real=n_real, n_minority_group=n_minority_group)
     classes = sorted(df[target].unique().tolist())
     if len(classes) != 2: raise OPALInputError(f"target {target!r} has {len(classes)} classes {classes[:5]}: spurious_split needs two")

@@ -17,7 +17,7 @@ import pandas as pd
 from sklearn.neighbors import NearestNeighbors
 from sklearn.ensemble import IsolationForest
 
-from .core import OPALInputError, Schema, coerce_frame, infer_schema, _py
+from .core import OPALInputError, Schema, coerce_frame, infer_schema, prepare_frame, _py
 
 # %% auto #0
 __all__ = ['REASONS', 'row_problems', 'row_keys', 'DistanceEncoder', 'FilterReport', 'RowFilter', 'filter_rows']
@@ -231,10 +231,9 @@ def fit(self: RowFilter, real: pd.DataFrame): # the real training rows
     q = self.dcr_quantile
     if q is not None and not (isinstance(q, numbers.Real) and 0 <= q <= 1): raise OPALInputError(f"dcr_quantile must be in [0, 1] or None, got {q!r}")
     if isinstance(real, pd.DataFrame) and len(real) == 0: raise OPALInputError("the real rows are empty: fit the filter on the training rows")
+    _check_columns(real, self.schema, 'real rows')
+    real = prepare_frame(real, self.schema.target, schema=self.schema, min_classes=1)[1]
     clean, problems = self._canonical(real, 'real rows')
-    bad = [(i, p) for i, p in enumerate(problems) if p]
-    if bad: raise OPALInputError(f"{len(bad)} real rows do not fit the schema, e.g. row {bad[0][0]}: {bad[0][1][0][0]}: {bad[0][1][0][1]}; "
-                                 f"infer the schema from these rows (or a superset of them)")
     keys = row_keys(clean)
     self.real_keys_ = {}
     for i, k in zip(real.index, keys): self.real_keys_.setdefault(k, i)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders
 from transformers import GPT2Config, GPT2LMHeadModel, LogitsProcessor, PreTrainedTokenizerFast
 
-from .core import (OPALInputError, BaseGenerator, Schema, coerce_frame, infer_schema,
+from .core import (OPALInputError, BaseGenerator, Schema, coerce_frame, infer_schema, prepare_frame,
                           schema_from_json, schema_to_json, validate_frame, _py)
 
 # %% auto #0
@@ -338,7 +338,6 @@ class TabularLM(BaseGenerator):
         self.temperature, self.top_p = temperature, top_p
         self.sample_batch_size, self.n_positions, self.pretrained = sample_batch_size, n_positions, pretrained
         self.random_state, self.progress, self.n_threads = random_state, progress, n_threads
-        self.rejected_ = _no_rejects()
 
     def get_params(self, deep: bool = True) -> dict:
         "The constructor arguments, as given (scikit-learn's protocol, so `clone` works)."
@@ -441,10 +440,9 @@ def fit(self: TabularLM, df: pd.DataFrame, # the training table
        ) -> TabularLM:
     "Train the model on the rows of `df`; returns self."
     self._check_params()
-    if schema is None: schema = infer_schema(df, target, sensitive)
-    else: _check_schema(df, target, sensitive, schema)
+    schema, df = prepare_frame(df, target, sensitive, schema)
     codec = RowCodec(schema)
-    encoded = [[codec.encode_value(i, v) for i, v in enumerate(r)] for r in df[schema.names].itertuples(index=False)]
+    encoded = [[codec.encode_value(i, v) for i, v in enumerate(r)] for r in df.itertuples(index=False)]
     seed = _seed(self.random_state)
     with torch.random.fork_rng(devices=[]), _torch_threads(self.n_threads):
         torch.manual_seed(seed)
@@ -457,12 +455,6 @@ def fit(self: TabularLM, df: pd.DataFrame, # the training table
     self.schema_, self.codec_, self.model_, self.tokenizer_ = schema, codec, model, codec.tokenizer()
     self._rng, self.rejected_ = np.random.default_rng(seed), _no_rejects()
     return self
-
-def _check_schema(df, target, sensitive, schema):
-    validate_frame(df, target, sensitive if sensitive is not None else schema.sensitive)
-    if target != schema.target: raise OPALInputError(f"target {target!r} differs from the schema's target {schema.target!r}")
-    missing = [c for c in schema.names if c not in df.columns]
-    if missing: raise OPALInputError(f"columns {missing} of the schema are not in the frame")
 
 def _train(model, batches, rng, epochs, max_steps, lr, per_epoch, progress) -> tuple[list[float], int]:
     "AdamW with linear warm-up and cosine decay; returns the mean loss of each epoch and the number of steps."

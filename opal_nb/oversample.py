@@ -22,7 +22,7 @@ from imblearn.utils import check_sampling_strategy, check_target_type
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 
-from .core import (OPALInputError, Schema, infer_schema, validate_frame, group_counts, rows_needed, group_dict,
+from .core import (OPALInputError, Schema, infer_schema, prepare_frame, validate_frame, group_counts, rows_needed, group_dict,
                           group_key, cramers_v, _as_list, _py, _round)
 from .generate import TabularLM
 from .filter import RowFilter, FilterReport
@@ -104,22 +104,12 @@ def _rows_to_add(counts: pd.Series, # rows per group, from `group_counts`
     by_class = {_py(k): int(v) for k, v in by_class.items()}
     return {(k,): n for k, n in by_class.items()}, by_class
 
-# %% ../nbs/05_oversample.ipynb #cbf4d146
-def _at_precision(df: pd.DataFrame, schema: Schema) -> pd.DataFrame:
-    "`df` with its float columns rounded to the schema's precision in float64 (`df` itself when nothing changes)."
-    changed = {}
-    for c in schema.numeric_columns:
-        if pd.api.types.is_float_dtype(df[c]):
-            r = _round(df[c].astype('float64'), schema[c].precision)
-            if not r.equals(df[c]): changed[c] = r
-    return df.assign(**changed) if changed else df
-
 # %% ../nbs/05_oversample.ipynb #65b2a07d
 @dataclass
 class _Prepared:
     "The caller's X, y and sensitive features as one frame, and what is needed to hand results back in their types."
     df: pd.DataFrame # X's columns, sensitive columns from outside X, then the target
-    model_df: pd.DataFrame # `df` at the schema's precision: what generators and filters are fitted on
+    model_df: pd.DataFrame # the schema's columns of `df` at its precision: what generators and filters are fitted on
     x_columns: list # the columns of X, in order
     target: str # the target's name inside `df`
     sensitive: list # the sensitive columns inside `df`
@@ -143,9 +133,7 @@ def _prepare(sampler, X, y, sensitive_features) -> _Prepared:
     for s in sens:
         if s not in Xf.columns and s not in sf.columns: raise OPALInputError(f"sensitive column {s!r} is not a column of X; its columns are {list(Xf.columns)}")
     df = pd.concat([Xf, sf, pd.Series(labels, name=target)], axis=1)
-    schema = infer_schema(df, target, sens, kinds=sampler.kinds)
-    model_df = _at_precision(df, schema)
-    sampler.schema_ = schema if model_df is df else infer_schema(model_df, target, sens, kinds=sampler.kinds)
+    sampler.schema_, model_df = prepare_frame(df, target, sens, kinds=sampler.kinds)
     if getattr(sampler, 'method', None) == 'smote' and Xf.isna().any().any():
         raise OPALInputError(f"column {Xf.columns[Xf.isna().any()][0]!r} has missing values (NaN), which SMOTE cannot interpolate: "
                              "impute them first or use method='duplicate'")
@@ -158,11 +146,11 @@ def _prepare(sampler, X, y, sensitive_features) -> _Prepared:
 
 # %% ../nbs/05_oversample.ipynb #a8499da9
 def coerce_like(new: pd.DataFrame, real: pd.DataFrame, schema: Schema) -> pd.DataFrame:
-    "Round `new` to the schema's precision and cast it to the dtypes of `real`."
+    "Round `new` to the schema's precision and cast it to the dtypes of `real` (columns the schema left out, such as IDs, stay missing)."
     out = new.copy()
     for c in out.columns:
-        spec = schema[c]
-        if spec.is_numeric: out[c] = _round(pd.to_numeric(out[c]).astype('float64'), spec.precision)
+        spec = schema.columns.get(c)
+        if spec is not None and spec.is_numeric: out[c] = _round(pd.to_numeric(out[c]).astype('float64'), spec.precision)
         try: out[c] = out[c].astype(real[c].dtype)
         except (TypeError, ValueError): pass
     return out.reset_index(drop=True)
@@ -190,7 +178,7 @@ def _give_back(inp: _Prepared, out: pd.DataFrame):
 
 def _finish(sampler, inp: _Prepared, new: pd.DataFrame):
     "Append the new rows, set the fitted attributes and return X_res, y_res."
-    new = coerce_like(new[list(inp.df.columns)], inp.df, sampler.schema_)
+    new = coerce_like(new.reindex(columns=inp.df.columns), inp.df, sampler.schema_)
     out = pd.concat([inp.df, new], ignore_index=True)
     sampler.synthetic_ = new
     sampler.synthetic_mask_ = np.r_[np.zeros(len(inp.df), bool), np.ones(len(new), bool)]
@@ -386,7 +374,7 @@ def fit_resample(self: GroupOverSampler, X, y, *, sensitive_features=None):
     "Resample `X`, `y` with duplication or SMOTE per group: the real rows followed by the new ones."
     inp = _prepare(self, X, y, sensitive_features)
     df, cols, need = inp.df, [inp.target, *inp.sensitive], inp.need
-    feats = [c for c in df.columns if c not in cols] + inp.sensitive
+    feats = [c for c in self.schema_.names if c not in cols] + inp.sensitive  # ID columns left out of the schema stay missing
     if not any(need.values()): return _finish(self, inp, df.iloc[:0])
     method = self.method
     label, inv = _group_codes(df, cols)

@@ -16,7 +16,7 @@ from fastcore.basics import patch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor
 
-from .core import OPALInputError, BaseGenerator, Schema, ColumnSpec, coerce_frame, infer_schema, validate_frame, _py
+from .core import OPALInputError, BaseGenerator, Schema, ColumnSpec, coerce_frame, infer_schema, prepare_frame, validate_frame, _py
 from .prompt import check_text_schema, format_value, few_shot_messages, parse_rows, row_to_text, rows_to_text, PromptTemplate, _column_order
 from .chat import smollm2_path, tiny_chat_model
 
@@ -420,7 +420,6 @@ class SmolICL(BaseGenerator):
                 ):
         store = dict(locals()); store.pop('self')
         for k, v in store.items(): setattr(self, k, v)
-        self.rejected_ = pd.DataFrame(columns=['text', 'reason'])
 
     def get_params(self) -> dict:
         "The constructor arguments, as given."
@@ -434,15 +433,11 @@ class SmolICL(BaseGenerator):
     def __getstate__(self): return {k: v for k, v in self.__dict__.items() if k not in ('_loaded', 'model_')}
 
 # %% ../nbs/03d_pretrained.ipynb #33df1a72
-def _fit_schema(df, target, sensitive, schema) -> Schema:
-    "The schema of `df` (inferred, or `schema` checked against it)."
-    validate_frame(df, target, sensitive if sensitive is not None or schema is None else schema.sensitive)
-    if schema is None: schema = infer_schema(df, target, sensitive)
-    elif target != schema.target: raise OPALInputError(f"target {target!r} differs from the schema's target {schema.target!r}")
-    missing = [c for c in schema.names if c not in df.columns]
-    if missing: raise OPALInputError(f"columns {missing} of the schema are not in the frame")
+def _fit_schema(df, target, sensitive, schema) -> tuple[Schema, pd.DataFrame]:
+    "`prepare_frame`, then the check that the schema's names and levels read back from text."
+    schema, df = prepare_frame(df, target, sensitive, schema)
     check_text_schema(schema)
-    return schema
+    return schema, df
 
 @patch
 def fit(self: SmolICL, df: pd.DataFrame, # the real rows
@@ -456,8 +451,8 @@ def fit(self: SmolICL, df: pd.DataFrame, # the real rows
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1: raise OPALInputError(f"{k} must be a whole number >= 1, got {v!r}")
     if not self.temperature > 0: raise OPALInputError(f"temperature must be > 0, got {self.temperature!r}")
     if not 0 < self.top_p <= 1: raise OPALInputError(f"top_p must be in (0, 1], got {self.top_p!r}")
-    self.schema_ = _fit_schema(df, target, sensitive, schema)
-    self.data_ = coerce_frame(df[self.schema_.names].copy(), self.schema_)
+    self.schema_, df = _fit_schema(df, target, sensitive, schema)
+    self.data_ = coerce_frame(df, self.schema_)
     self._rng = np.random.default_rng(_seed(self.random_state))
     return self
 
@@ -525,7 +520,6 @@ class SmolTabular(BaseGenerator):
                 ):
         store = dict(locals()); store.pop('self')
         for k, v in store.items(): setattr(self, k, v)
-        self.rejected_ = pd.DataFrame(columns=['text', 'reason'])
 
     get_params, __repr__, __getstate__ = SmolICL.get_params, SmolICL.__repr__, SmolICL.__getstate__
     _lm = SmolICL._lm
@@ -662,11 +656,11 @@ def fit(self: SmolTabular, df: pd.DataFrame, # the training table
         v = getattr(self, k)
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1: raise OPALInputError(f"{k} must be a whole number >= 1, got {v!r}")
     if self.vocab not in ('rows', 'full'): raise OPALInputError(f"vocab must be 'rows' or 'full', got {self.vocab!r}")
-    self.schema_ = _fit_schema(df, target, sensitive, schema)
+    self.schema_, df = _fit_schema(df, target, sensitive, schema)
     base, tok = self._lm()
     seed = _seed(self.random_state)
     start, eos = self._start_id(tok), tok.eos_token_id
-    texts = self._train_texts(coerce_frame(df[self.schema_.names].copy(), self.schema_))
+    texts = self._train_texts(coerce_frame(df, self.schema_))
     encoded = [[start] + tok(t, add_special_tokens=False)['input_ids'] + [eos] for t in texts]
     trie = _trie(tok)
     self.vocab_ = row_vocab(encoded, trie) if self.vocab == 'rows' and _bytes_covered(trie, texts) else None

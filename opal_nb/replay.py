@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import OPALInputError, Schema, BaseGenerator, infer_schema
+from .core import OPALInputError, Schema, BaseGenerator, infer_schema, prepare_frame
 from .prompt import parse_rows, ParsedRows
 
 # %% auto #0
@@ -53,7 +53,7 @@ class ReplayGenerator(BaseGenerator):
             schema: Schema | None = None, # use this schema instead of inferring one
            ) -> ReplayGenerator:
         "Infer (or take) the schema and parse the source; returns self."
-        self.schema_ = schema if schema is not None else infer_schema(df, target, sensitive)
+        self.schema_ = prepare_frame(df, target, sensitive, schema)[0]
         text, style = read_source(self.source, self.style)
         self.parsed_ = parse_rows(text, self.schema_, style=style, extra_decimals=self.extra_decimals, check_range=self.check_range)
         self.rows_, self.rejected_, self.parse_rate_ = self.parsed_.rows, self.parsed_.rejected, self.parsed_.parse_rate

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from opal_nb.core import (OPALInputError, infer_schema, infer_precision, schema_to_json, schema_from_json, coerce_frame,
+from opal_nb.core import (OPALInputError, _outward, _py, infer_schema, infer_precision, schema_to_json, schema_from_json, coerce_frame,
                           validate_frame, group_counts, rows_needed)
 
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -93,7 +93,9 @@ def test_range_contains_all_values_and_is_tight(df):
     for name in schema.numeric_columns:
         spec, vals = schema[name], df[name].dropna()
         assert spec.minimum <= vals.min() and vals.max() <= spec.maximum
-        assert spec.minimum == vals.min() and spec.maximum == vals.max()
+        # tight: the observed extremes rounded outward to the column's precision (so rounded values stay inside too)
+        assert spec.minimum == _outward(_py(vals.min()), spec.precision, up=False) and spec.maximum == _outward(_py(vals.max()), spec.precision, up=True)
+        assert spec.minimum <= round(float(vals.min()), spec.precision) and round(float(vals.max()), spec.precision) <= spec.maximum
         assert spec.missing == bool(df[name].isna().any())
     for name in schema.categorical_columns:
         assert set(schema[name].levels) == set(df[name].dropna().tolist())

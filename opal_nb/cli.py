@@ -18,8 +18,8 @@ from .core import group_counts
 from .data import load_default, TabularDataset
 from .generate import TabularLM
 from .oversample import OPALOverSampler, GroupOverSampler
-from .evaluate import (compare_methods, summarize, plot_group_errors, synthetic_quality,
-                              unpenalized_logistic)
+from .evaluate import summarize, plot_group_errors, synthetic_quality, unpenalized_logistic
+from .experiments import compare_methods
 
 # %% auto #0
 __all__ = ['group_split', 'demo_methods', 'run_demo', 'demo_table', 'demo']

@@ -32,8 +32,8 @@ from .core import OPALInputError, Schema, infer_column, _as_list, _py
 # %% auto #0
 __all__ = ['OTHER_LEVEL', 'spurious_groups', 'group_errors', 'closest_distances', 'feature_kinds', 'known_levels',
            'classifier_pipeline', 'detection_auc', 'QualityReport', 'synthetic_quality', 'unpenalized_logistic',
-           'default_classifiers', 'with_seed', 'resample', 'errors_to_rows', 'compare_methods', 'summarize',
-           'plot_group_errors', 'plot_error_vs_rows', 'plot_distributions']
+           'default_classifiers', 'with_seed', 'resample', 'errors_to_rows', 'summarize', 'plot_group_errors',
+           'plot_error_vs_rows', 'plot_distributions']
 
 # %% ../nbs/06_evaluate.ipynb #6cb17f4c
 def _as_groups(groups, n: int) -> pd.Series | pd.DataFrame:
@@ -402,63 +402,6 @@ def errors_to_rows(errors: dict, # output of `group_errors`
     "`(metric, value)` pairs of a `group_errors` result; `overall` is named `error`, as in the paper."
     rows = [('error' if k == 'overall' else k, errors[k]) for k in _SCALARS]
     return rows + [(_group_name(g, errors['group_columns']), e) for g, e in errors['groups'].items()]
-
-# %% ../nbs/06_evaluate.ipynb #f07ba352
-def _run_one(method, sampler, seed, train, test, target, sensitive, classifiers, kinds, levels, groups, minority_groups) -> list[dict]:
-    "Resample the training rows once, fit every classifier, and measure each on the test rows."
-    X, y = train.drop(columns=target), train[target]
-    X_res, y_res = resample(None if sampler is None else with_seed(sampler, seed), X, y, sensitive)
-    n_syn = len(X_res) - len(X)
-    g = groups(test) if callable(groups) else test[[target, *sensitive]]
-    sens = test[sensitive] if sensitive else None
-    out = []
-    for name, est in classifiers.items():
-        model = classifier_pipeline(with_seed(est, seed), kinds, levels).fit(X_res[list(kinds)], y_res)
-        errs = group_errors(test[target], model.predict(test[list(kinds)]), g, minority_groups, sens)
-        if not sensitive: errs |= dict(equalized_odds_difference=np.nan, demographic_parity_difference=np.nan)
-        out += [dict(method=method, classifier=name, seed=seed, n_synthetic=n_syn, metric=m, value=v) for m, v in errors_to_rows(errs)]
-    return out
-
-# %% ../nbs/06_evaluate.ipynb #45cc0a6b
-def _check_compare(train, test, target, sensitive, methods, classifiers, seeds):
-    for what, df in (('train', train), ('test', test)): _check_columns(df, [target, *sensitive], what)
-    missing = [c for c in train.columns if c not in test.columns]
-    if missing: raise OPALInputError(f"test lacks the training columns {missing}")
-    if not methods: raise OPALInputError("methods is empty: give e.g. {'none': None, 'smote': SMOTE()}")
-    for name, s in methods.items():
-        if s is not None and not hasattr(s, 'fit_resample'): raise OPALInputError(f"method {name!r} has no fit_resample(X, y): give an imbalanced-learn style sampler or None")
-    for name, c in classifiers.items():
-        if not hasattr(c, 'fit') or not hasattr(c, 'predict'): raise OPALInputError(f"classifier {name!r} has no fit/predict")
-    if len(seeds) == 0: raise OPALInputError("seeds is empty: give at least one seed")
-
-# %% ../nbs/06_evaluate.ipynb #1f1a2019
-def compare_methods(train: pd.DataFrame, # training rows (features and target); only these reach the samplers
-                    test: pd.DataFrame, # held-out rows, never resampled
-                    target: str, # the label column
-                    sensitive: list[str] | str | None = None, # sensitive columns: groups are target x sensitive
-                    methods: dict | None = None, # name -> sampler with `fit_resample`, or None for no oversampling
-                    classifiers: dict | None = None, # name -> scikit-learn classifier; default `default_classifiers()`
-                    seeds: Iterable[int] = (1, 2, 6, 8, 42), # one run per seed (sampler and classifier random_state)
-                    n_jobs: int = 1, # parallel runs (joblib)
-                    progress: bool = True, # show a progress bar
-                    groups: Callable | None = None, # test frame -> group labels; default `test[[target, *sensitive]]`
-                    minority_groups=None, # passed to `group_errors`
-                    schema: Schema | None = None, # column kinds for encoding; default from the dtypes
-                   ) -> pd.DataFrame:
-    "Tidy `method, classifier, seed, n_synthetic, metric, value` rows of test errors per method, classifier and seed."
-    from joblib import Parallel, delayed
-    from tqdm.auto import tqdm
-    sensitive, seeds = _as_list(sensitive), list(seeds)
-    methods = {'none': None} if methods is None else dict(methods)
-    classifiers = default_classifiers() if classifiers is None else dict(classifiers)
-    _check_compare(train, test, target, sensitive, methods, classifiers, seeds)
-    kinds = feature_kinds(train.drop(columns=target), schema)
-    levels = known_levels(train, kinds)
-    tasks = [(m, s, seed) for seed in seeds for m, s in methods.items()]
-    jobs = (delayed(_run_one)(m, s, seed, train, test, target, sensitive, classifiers, kinds, levels, groups, minority_groups) for m, s, seed in tasks)
-    results = Parallel(n_jobs=n_jobs, return_as='generator')(jobs)
-    rows = [r for res in tqdm(results, total=len(tasks), disable=not progress, desc='compare_methods') for r in res]
-    return pd.DataFrame(rows, columns=['method', 'classifier', 'seed', 'n_synthetic', 'metric', 'value'])
 
 # %% ../nbs/06_evaluate.ipynb #a338f7b0
 def summarize(tidy: pd.DataFrame, # rows with a `value` column and a `seed` column

@@ -13,38 +13,43 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.base import clone
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
-from .core import OPALInputError, infer_schema
+from .core import OPALInputError, IDColumnWarning, infer_schema, prepare_frame, _as_list, _py
 from .data import PAPER_DATASETS, PAPER_CLASSIFIERS, PaperSplit, ProtocolSplit, paper_split, binarize_attribute
 from .generate import TabularLM
 from .filter import RowFilter
 from .oversample import GroupOverSampler, fill_groups, ShortfallWarning
-from .evaluate import group_errors, unpenalized_logistic, classifier_pipeline, summarize
+from .evaluate import (group_errors, errors_to_rows, unpenalized_logistic, default_classifiers, classifier_pipeline,
+                              feature_kinds, known_levels, with_seed, resample, summarize)
 
 # %% auto #0
-__all__ = ['PAPER_METHODS', 'FAST_METHODS', 'SPURIOUS_METRICS', 'TIDY_COLUMNS', 'ExperimentSplit', 'split_from_protocol',
-           'split_from_paper', 'group_columns', 'with_group_column', 'row_groups', 'minority_groups', 'group_plan',
-           'order_by_plan', 'PaperMethod', 'plan_counts', 'duplicate_rows', 'smote_rows', 'released_rows',
-           'generator_rows', 'tabular_rows', 'smol_icl_rows', 'smol_tabular_rows', 'paper_methods', 'boosting_backend',
-           'boosting_classifier', 'paper_classifiers', 'split_metrics', 'k_rows', 'evaluate_rows', 'cache_path',
-           'run_method', 'run_paper', 'cached_results', 'error_table', 'paper_data_dir', 'fit_power_law',
-           'scaling_study']
+__all__ = ['PAPER_METHODS', 'TRAINERS', 'FAST_METHODS', 'USER_METHODS', 'FAIRLEARN_METHODS', 'SPURIOUS_METRICS', 'TIDY_COLUMNS',
+           'EVERY_K', 'RESULTS_FILE', 'ExperimentSplit', 'split_from_protocol', 'split_from_paper', 'split_from_table',
+           'group_columns', 'with_group_column', 'row_groups', 'plan_counts', 'minority_groups', 'fill_size',
+           'group_plan', 'order_by_plan', 'PaperMethod', 'duplicate_rows', 'smote_rows', 'released_rows',
+           'generator_rows', 'tabular_rows', 'smol_icl_rows', 'smol_tabular_rows', 'paper_methods', 'plan_weights',
+           'fit_predict', 'boosting_backend', 'boosting_classifier', 'paper_classifiers', 'split_metrics', 'k_rows',
+           'evaluate_rows', 'cache_path', 'run_method', 'run_paper', 'sampler_method', 'compare_methods',
+           'cached_results', 'error_table', 'paper_data_dir', 'fit_power_law', 'scaling_study']
 
 # %% ../nbs/07_experiments.ipynb #afa00b8a
 @dataclass
 class ExperimentSplit:
     "Real training rows, test rows and (for the paper's data) the released synthetic rows of one seed."
     dataset: str # data set name
-    setting: str # 'imbalanced' or 'spurious'
+    setting: str # 'imbalanced', 'spurious' (the paper's protocols) or 'table' (a stratified split of a whole table)
     seed: int # the seed of the split (also seeds the methods)
     train: pd.DataFrame # the R real training rows
     test: pd.DataFrame # held-out rows, never seen by a method
     target: str # the label column
-    attribute: str | None = None # the spurious attribute (spurious setting only)
+    attribute: str | None = None # the spurious attribute, binarized by `positive` (spurious setting)
     positive: object = None # how `attribute` is binarized; None: > 0 for numbers
     released: dict = field(default_factory=dict) # paper method ('focus', 'smote', 'duplicate') -> its synthetic rows
+    sensitive: list = field(default_factory=list) # categorical sensitive columns, part of every group as they are
 
     @property
     def n_real(self) -> int: return len(self.train)
@@ -53,7 +58,7 @@ class ExperimentSplit:
         rel = ', '.join(f"{m}: {len(r)}" for m, r in self.released.items()) or 'none'
         return (f"**{self.dataset}** {self.setting}, seed {self.seed}: {len(self.train)} real training rows, "
                 f"{len(self.test)} test rows; target `{self.target}`" + (f", attribute `{self.attribute}`" if self.attribute else '')
-                + f"; released synthetic rows: {rel}")
+                + (f", sensitive {self.sensitive}" if self.sensitive else '') + f"; released synthetic rows: {rel}")
 
 # %% ../nbs/07_experiments.ipynb #eca9de90
 def split_from_protocol(split: ProtocolSplit, # from `imbalanced_split` or `spurious_split`
@@ -78,34 +83,79 @@ def split_from_paper(data_dir: str | Path, # a folder laid out like the paper's 
     return ExperimentSplit(dataset, setting, seed, ps.train, ps.test, ps.target, ps.spurious, None,
                            {m: s.synthetic for m, s in splits.items()})
 
+# %% ../nbs/07_experiments.ipynb #c834b386
+def split_from_table(df: pd.DataFrame, # a whole table
+                     target: str, # the label column
+                     sensitive: list[str] | str | None = None, # categorical sensitive columns: groups are (label x sensitive)
+                     test_size: float | int = 0.3, # share (or number) of rows held out
+                     seed: int = 0, # seed of the split and of the methods
+                     dataset: str = 'data', # a name for tables and the cache
+                    ) -> ExperimentSplit:
+    "A train/test split of `df` stratified by (label x sensitive) group, as an `ExperimentSplit` (setting 'table')."
+    sens = _as_list(sensitive)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', IDColumnWarning)
+        prepare_frame(df, target, sens)
+    strata = df[[target, *sens]].astype(str).agg(' | '.join, axis=1)
+    if strata.value_counts().min() < 2: strata = df[target]  # a group of one row cannot be on both sides
+    train, test = train_test_split(df, test_size=test_size, random_state=seed, stratify=strata)
+    return ExperimentSplit(dataset, 'table', seed, train.reset_index(drop=True), test.reset_index(drop=True), target, sensitive=sens)
+
 # %% ../nbs/07_experiments.ipynb #bcf12236
 def group_columns(split: ExperimentSplit) -> list[str]:
-    "The columns that define a group: `[target]`, or `[target, '<attribute>_positive']` in the spurious setting."
-    return [split.target] if split.attribute is None else [split.target, f'{split.attribute}_positive']
+    "The columns that define a group: the target, then `<attribute>_positive` (spurious setting), then the sensitive columns."
+    return [split.target] + ([f'{split.attribute}_positive'] if split.attribute is not None else []) + list(split.sensitive)
 
 def with_group_column(split: ExperimentSplit, # the split the rows belong to
                       df: pd.DataFrame, # rows with the split's columns
                      ) -> pd.DataFrame:
-    "`df` with the binarized attribute as a 0/1 column `<attribute>_positive` (unchanged in the imbalanced setting)."
+    "`df` with the binarized attribute as a 0/1 column `<attribute>_positive` (unchanged without an attribute)."
     if split.attribute is None: return df.copy()
     return df.assign(**{f'{split.attribute}_positive': binarize_attribute(df[split.attribute], split.positive).astype('int64').to_numpy()})
 
 def row_groups(split: ExperimentSplit, # the split the rows belong to
                df: pd.DataFrame, # rows with the split's columns
               ) -> list[tuple]:
-    "The group key of every row of `df`: `(label,)` or `(label, attribute positive)`."
+    "The group key of every row of `df`: `(label,)`, `(label, attribute positive)` or `(label, *sensitive values)`."
     g = with_group_column(split, df)[group_columns(split)]
-    return [tuple(v.item() if hasattr(v, 'item') else v for v in r) for r in g.itertuples(index=False, name=None)]
+    return [tuple(_py(v) for v in r) for r in g.itertuples(index=False, name=None)]
+
+def plan_counts(plan: list[tuple]) -> dict:
+    "Rows per group in `plan`."
+    out: dict = {}
+    for k in plan: out[k] = out.get(k, 0) + 1
+    return out
 
 # %% ../nbs/07_experiments.ipynb #bf66205b
+def _paper_spurious(split: ExperimentSplit) -> bool: return split.attribute is not None and not split.sensitive
+
 def minority_groups(split: ExperimentSplit) -> list[tuple]:
-    "The minority groups of the split's training rows: the rarer class, or the two (label, attribute) groups that disagree."
-    if split.attribute is None:
-        label = split.train[split.target].value_counts().sort_index().idxmin()
-        return [(label.item() if hasattr(label, 'item') else label,)]
-    labels = sorted(split.train[split.target].unique().tolist())
-    if len(labels) != 2: raise OPALInputError(f"the spurious setting needs two classes in {split.target!r}; found {labels}")
-    return [(labels[0], 1), (labels[1], 0)]
+    "The groups the 'minority' plan fills: the two (label, attribute) groups that disagree, or every group smaller than the largest."
+    if _paper_spurious(split):
+        labels = sorted(split.train[split.target].unique().tolist())
+        if len(labels) != 2: raise OPALInputError(f"the spurious setting needs two classes in {split.target!r}; found {labels}")
+        return [(labels[0], 1), (labels[1], 0)]
+    counts = plan_counts(row_groups(split, split.train))
+    top = max(counts.values())
+    small = sorted((k for k, n in counts.items() if n < top), key=lambda k: (counts[k], str(k)))
+    if not small: raise OPALInputError(f"every group of {split.dataset} has {top} training rows: there is no minority group to fill")
+    return small
+
+def fill_size(split: ExperimentSplit) -> int:
+    "Rows that bring every minority group up to the largest group: what `OPALOverSampler()` adds with its defaults."
+    counts = plan_counts(row_groups(split, split.train))
+    top = max(counts.values())
+    return int(sum(top - counts.get(k, 0) for k in minority_groups(split)))
+
+def _interleave(weights: dict, n: int) -> list:
+    "`n` keys in an order where every prefix gives each key the share of its weight, as closely as whole rows allow."
+    keys, w = list(weights), np.asarray(list(weights.values()), dtype=float)
+    w, taken, out = w / w.sum(), np.zeros(len(keys)), []
+    for i in range(n):
+        j = int(np.argmax((i + 1) * w - taken))  # the key furthest behind its share (ties: the first)
+        taken[j] += 1
+        out.append(keys[j])
+    return out
 
 def group_plan(split: ExperimentSplit, # the split to plan for
                n: int, # synthetic rows wanted
@@ -115,7 +165,10 @@ def group_plan(split: ExperimentSplit, # the split to plan for
     "The group of each of `n` synthetic rows, in the order they are added."
     if plan == 'minority':
         groups = minority_groups(split)
-        return [groups[i % len(groups)] for i in range(n)]
+        if _paper_spurious(split): return _interleave({g: 1 for g in groups}, n)  # the paper's two groups, alternately
+        counts = plan_counts(row_groups(split, split.train))
+        top = max(counts.values())
+        return _interleave({g: top - counts[g] for g in groups}, n)  # in proportion to what each group lacks
     if plan != 'released': raise OPALInputError(f"plan must be 'released' or 'minority'; got {plan!r}")
     if reference not in split.released:
         raise OPALInputError(f"{split.dataset} has no released rows of {reference!r} (it has {list(split.released)}): use plan='minority'")
@@ -141,21 +194,22 @@ def order_by_plan(split: ExperimentSplit, # the split the rows belong to
     return rows.iloc[taken].reset_index(drop=True)
 
 # %% ../nbs/07_experiments.ipynb #5cc64dc3
+TRAINERS = ('plain', 'reweight', 'exponentiated_gradient', 'threshold_optimizer') # how a method trains the classifier
+
 @dataclass
 class PaperMethod:
-    "A method of the experiment: a function `(split, plan, seed) -> rows`, and the released file its plan copies."
+    "A method of the experiment: synthetic rows from `(split, plan, seed)`, and how the classifier is trained on them."
     generate: Callable | None # (ExperimentSplit, list of group keys, seed) -> synthetic rows; None: no rows
     reference: str = 'focus' # released file whose groups the 'released' plan copies
     tag: str = '' # settings that change the rows (part of the cache key)
     description: str = '' # one line for tables and docs
+    trainer: str = 'plain' # one of `TRAINERS`: 'reweight' weighs the real rows as if the plan's rows were added
+    planned: bool = True # False: `generate` decides its own groups and counts (a sampler), added all at once
+
+    def __post_init__(self):
+        if self.trainer not in TRAINERS: raise OPALInputError(f"trainer must be one of {TRAINERS}; got {self.trainer!r}")
 
 # %% ../nbs/07_experiments.ipynb #d81fc9de
-def plan_counts(plan: list[tuple]) -> dict:
-    "Rows per group in `plan`."
-    out: dict = {}
-    for k in plan: out[k] = out.get(k, 0) + 1
-    return out
-
 def _baseline_rows(method: str, split: ExperimentSplit, plan: list[tuple], seed: int) -> pd.DataFrame:
     cols = group_columns(split)
     train = with_group_column(split, split.train)
@@ -252,6 +306,8 @@ def smol_tabular_rows(split: ExperimentSplit, plan: list[tuple], seed: int,
 
 # %% ../nbs/07_experiments.ipynb #540b2adf
 FAST_METHODS = ('none', 'duplicate', 'smote', 'opal_gpt4', 'opal_tabular') # what `run_paper` runs by default
+USER_METHODS = ('none', 'reweight', 'duplicate', 'smote', 'fair_reduction', 'fair_threshold', 'opal_tabular') # what a user tries instead
+FAIRLEARN_METHODS = ('fair_reduction', 'fair_threshold') # they need an attribute: not run in the imbalanced setting
 
 def _tag(params: dict) -> str: return json.dumps(params, sort_keys=True, default=lambda o: type(o).__name__)
 
@@ -259,20 +315,85 @@ def paper_methods(tabular: dict | None = None, # TabularLM arguments for `opal_t
                   smol_icl: dict | None = None, # SmolICL arguments for `opal_smol_icl`
                   smol_tabular: dict | None = None, # SmolTabular arguments for `opal_smol_ft`
                  ) -> dict[str, PaperMethod]:
-    "The experiment's methods: `none`, `duplicate`, `smote`, `opal_gpt4` (released rows), `opal_tabular`, `opal_smol_icl`, `opal_smol_ft`."
+    "The experiment's methods: the paper's, the offline generators, and what a user would try instead (reweighting, fairlearn)."
     tabular, smol_icl, smol_tabular = dict(tabular or {}), dict(smol_icl or {}), dict(smol_tabular or {})
     tab = lambda split, plan, seed: tabular_rows(split, plan, seed, **tabular)
     icl = lambda split, plan, seed: smol_icl_rows(split, plan, seed, **smol_icl)
     ft = lambda split, plan, seed: smol_tabular_rows(split, plan, seed, **smol_tabular)
     return {
         'none': PaperMethod(None, description='the R real rows only'),
-        'duplicate': PaperMethod(duplicate_rows, 'duplicate', 'v1', 'copies of training rows (RandomOverSampler per group)'),
-        'smote': PaperMethod(smote_rows, 'smote', 'v1', 'SMOTE per group (imbalanced-learn)'),
+        'reweight': PaperMethod(None, tag='v1', trainer='reweight',
+                                description="sample weights: each group weighs as if the plan's rows were added (inverse group size when filled)"),
+        'duplicate': PaperMethod(duplicate_rows, 'duplicate', 'v1', 'copies of training rows (RandomOverSampler inside each group)'),
+        'smote': PaperMethod(smote_rows, 'smote', 'v1', 'SMOTE inside each group (imbalanced-learn)'),
+        'fair_reduction': PaperMethod(None, tag='v1', trainer='exponentiated_gradient',
+                                      description="fairlearn's ExponentiatedGradient with ErrorRateParity on the attribute"),
+        'fair_threshold': PaperMethod(None, tag='v1', trainer='threshold_optimizer',
+                                      description="fairlearn's ThresholdOptimizer (equalized odds) on the attribute"),
         'opal_gpt4': PaperMethod(released_rows, 'focus', 'v1', "the paper's released GPT-4 Turbo rows (CSV order)"),
         'opal_tabular': PaperMethod(tab, 'focus', 'v1 ' + _tag(tabular), 'TabularLM trained on the R real rows'),
         'opal_smol_icl': PaperMethod(icl, 'focus', 'v1 ' + _tag(smol_icl), 'SmolLM2-135M-Instruct in context, shown real rows of the group'),
         'opal_smol_ft': PaperMethod(ft, 'focus', 'v2 ' + _tag(smol_tabular), 'SmolLM2-135M-Instruct fine-tuned (LoRA) on the R real rows'),
     }
+
+# %% ../nbs/07_experiments.ipynb #9156e11b
+def _features(split: ExperimentSplit) -> tuple[dict, dict]:
+    "Feature column -> kind and categorical column -> levels, from the schema of the real training rows (ID columns left out)."
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', IDColumnWarning)
+        schema = infer_schema(split.train, split.target, list(split.sensitive))
+    kinds = feature_kinds(split.train[[c for c in schema.names if c != split.target]], schema)
+    return kinds, known_levels(split.train, kinds)
+
+def _attribute_values(split: ExperimentSplit, df: pd.DataFrame) -> pd.Series | None:
+    "The sensitive feature fairlearn conditions on: the binarized attribute, or the sensitive columns as one label; None without either."
+    cols = group_columns(split)[1:]
+    if not cols: return None
+    g = with_group_column(split, df)[cols].astype(str)
+    return g.agg(' | '.join, axis=1).reset_index(drop=True)
+
+def plan_weights(split: ExperimentSplit, # the split whose real rows are weighed
+                 added: dict, # group key -> rows the plan adds to it
+                ) -> np.ndarray:
+    "Sample weights of the real training rows that give each group the weight of its rows plus `added` (mean weight 1)."
+    keys = row_groups(split, split.train)
+    have = plan_counts(keys)
+    w = np.array([(have[k] + added.get(k, 0)) / have[k] for k in keys], dtype=float)
+    return w / w.mean()
+
+def fit_predict(split: ExperimentSplit, # gives the test rows, target and groups
+                train: pd.DataFrame, # training rows (real, then synthetic)
+                classifier, # a scikit-learn classifier (copied before fitting)
+                trainer: str = 'plain', # one of `TRAINERS`
+                weights: np.ndarray | None = None, # sample weights of `train` ('reweight')
+                seed: int = 0, # seed of fairlearn's randomized predictions
+                features: tuple | None = None, # `_features(split)`, when already computed
+               ) -> np.ndarray:
+    "Train `classifier` on `train` (one feature encoding for every method) and predict the split's test rows."
+    kinds, levels = features or _features(split)
+    cols = list(kinds)
+    est = clone(classifier)
+    if est.get_params().get('random_state', 0) is None: est.set_params(random_state=seed)  # unseeded classifiers follow the split's seed
+    pipe = classifier_pipeline(est, kinds, levels)
+    X, y, X_test = train[cols], train[split.target].to_numpy(), split.test[cols]
+    if trainer in ('plain', 'reweight'):
+        pipe.fit(X, y, **({} if weights is None else {'classifier__sample_weight': weights}))
+        return np.asarray(pipe.predict(X_test)).ravel()
+    a_train, a_test = _attribute_values(split, train), _attribute_values(split, split.test)
+    if a_train is None: raise OPALInputError(f"trainer {trainer!r} needs a sensitive attribute: give the split an attribute or sensitive columns")
+    encode, est = pipe.named_steps['prepare'], pipe.named_steps['classifier']
+    Xt, Xt_test = encode.fit_transform(X), encode.transform(X_test)
+    classes = np.unique(y)
+    y01 = (y == classes[-1]).astype(int)
+    from fairlearn.reductions import ExponentiatedGradient, ErrorRateParity
+    from fairlearn.postprocessing import ThresholdOptimizer
+    if trainer == 'exponentiated_gradient':
+        model = ExponentiatedGradient(est, constraints=ErrorRateParity()).fit(Xt, y01, sensitive_features=a_train)
+        pred = model.predict(Xt_test, random_state=seed)
+    else:
+        model = ThresholdOptimizer(estimator=est, constraints='equalized_odds', objective='accuracy_score', predict_method='auto')
+        pred = model.fit(Xt, y01, sensitive_features=a_train).predict(Xt_test, sensitive_features=a_test, random_state=seed)
+    return classes[np.asarray(pred).astype(int)]
 
 # %% ../nbs/07_experiments.ipynb #1436a85a
 def boosting_backend() -> str:
@@ -300,42 +421,61 @@ def paper_classifiers(dataset: str | None = None, # a paper data set (its random
 # %% ../nbs/07_experiments.ipynb #3d3bc443
 SPURIOUS_METRICS = ('error', 'minority', 'majority', 'worst', 'diff')
 
-def split_metrics(split: ExperimentSplit, # gives the test rows, target and attribute
-                 train: pd.DataFrame, # training rows (real, then synthetic)
-                 classifier, # a scikit-learn classifier (copied before fitting)
-                ) -> dict:
-    "Test `error` (and the spurious setting's group errors) of `classifier` trained on `train`."
-    from sklearn.base import clone
-    features = [c for c in split.train.columns if c != split.target]
-    model = classifier_pipeline(clone(classifier), {c: 'numeric' for c in features}).fit(train[features], train[split.target])
-    y, pred = split.test[split.target].to_numpy(), np.asarray(model.predict(split.test[features])).ravel().astype(split.test[split.target].dtype)
-    if split.attribute is None: return {'error': float(np.mean(pred != y))}
-    groups = pd.DataFrame({'attribute': binarize_attribute(split.test[split.attribute], split.positive).astype(int).to_numpy(), 'label': y})
-    errs = group_errors(y, pred, groups, minority_groups='disagree')
-    return {'error': errs['overall'], **{m: errs[m] for m in SPURIOUS_METRICS[1:]}}
+def split_metrics(split: ExperimentSplit, # gives the test rows, target and groups
+                  train: pd.DataFrame, # training rows (real, then synthetic)
+                  classifier, # a scikit-learn classifier (copied before fitting)
+                  trainer: str = 'plain', # one of `TRAINERS`
+                  weights: np.ndarray | None = None, # sample weights of `train`
+                  seed: int = 0, # seed of randomized predictions
+                  features: tuple | None = None, # `_features(split)`, when already computed
+                 ) -> dict:
+    "Test errors of `classifier` trained on `train`: `error`, the group errors, balanced accuracy, fairness gaps and each group's error."
+    pred = fit_predict(split, train, classifier, trainer, weights, seed, features)
+    y = split.test[split.target].to_numpy()
+    pred = pred.astype(y.dtype) if y.dtype.kind in 'biuf' else pred
+    if _paper_spurious(split):  # the paper's groups, written (attribute, label), with the disagreeing pairs as minority
+        groups = pd.DataFrame({'attribute': binarize_attribute(split.test[split.attribute], split.positive).astype(int).to_numpy(), 'label': y})
+        errs = group_errors(y, pred, groups, minority_groups='disagree', sensitive_features=groups['attribute'])
+    else:
+        groups = with_group_column(split, split.test)[group_columns(split)].reset_index(drop=True)
+        attribute = _attribute_values(split, split.test)
+        errs = group_errors(y, pred, groups, sensitive_features=attribute if attribute is not None else groups)
+        if attribute is None: errs |= dict(equalized_odds_difference=np.nan, demographic_parity_difference=np.nan)
+    return dict(errors_to_rows(errs))
 
 # %% ../nbs/07_experiments.ipynb #ca2f978e
-def k_rows(k: int, n_real: int) -> int:
-    "Synthetic rows added at step k: `k * R / 5`."
-    return k * n_real // 5
+def k_rows(k: float, n_real: int) -> int:
+    "Synthetic rows added at step k: `k * R / 5` (k may be fractional, as `fill_size` gives)."
+    return int(math.floor(k * n_real / 5 + 1e-9))
 
 def evaluate_rows(split: ExperimentSplit, # the split
                   synthetic: pd.DataFrame | None, # synthetic rows in the order they are added; None: none
                   classifiers: dict, # name -> classifier
-                  ks: Iterable[int] = range(6), # steps; k adds k * R / 5 rows
+                  ks: Iterable[float] | None = range(6), # steps; k adds k * R / 5 rows; None: all the rows, once
+                  trainer: str = 'plain', # one of `TRAINERS`
+                  plan: list[tuple] | None = None, # the plan's groups in order ('reweight' weighs the real rows by its first k * R / 5)
+                  seed: int | None = None, # seed of randomized predictions (default the split's)
                  ) -> list[dict]:
-    "Tidy rows `classifier, k, metric, value` for the real rows plus the first k*R/5 synthetic rows, for each k."
-    out = []
-    for k in ks:
-        n = k_rows(k, split.n_real) if synthetic is not None else 0
-        if synthetic is not None and n > len(synthetic): continue
-        train = split.train if n == 0 else pd.concat([split.train, synthetic.iloc[:n]], ignore_index=True)
+    "Tidy rows `classifier, k, n_synthetic, metric, value` for the real rows plus the first k*R/5 synthetic rows, for each k."
+    out, features, seed = [], _features(split), split.seed if seed is None else seed
+    for k in ([None] if ks is None else ks):
+        n = (0 if synthetic is None else len(synthetic)) if k is None else k_rows(k, split.n_real)
+        weights = None
+        if synthetic is not None:
+            if n > len(synthetic): continue
+            train = pd.concat([split.train, synthetic.iloc[:n]], ignore_index=True)
+        else:
+            train = split.train
+            if trainer == 'reweight': weights = plan_weights(split, plan_counts((plan or [])[:n]))
+            elif n: continue  # no rows, no weights: one number, at k = 0
         for name, clf in classifiers.items():
-            out += [dict(classifier=name, k=int(k), metric=m, value=v) for m, v in split_metrics(split, train, clf).items()]
+            metrics = split_metrics(split, train, clf, trainer, weights, seed, features)
+            out += [dict(classifier=name, k=k, n_synthetic=n, metric=m, value=v) for m, v in metrics.items()]
     return out
 
 # %% ../nbs/07_experiments.ipynb #90f8d9e9
-TIDY_COLUMNS = ['dataset', 'setting', 'method', 'classifier', 'seed', 'k', 'metric', 'value']
+TIDY_COLUMNS = ['dataset', 'setting', 'method', 'classifier', 'seed', 'k', 'metric', 'value', 'n_synthetic']
+EVERY_K = -1 # the k of a result that holds at every k (a method without rows or weights)
 
 def _atomic_csv(df: pd.DataFrame, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -349,40 +489,62 @@ def _atomic_csv(df: pd.DataFrame, path: Path) -> Path:
 
 def cache_path(cache_dir: str | Path, split: ExperimentSplit, name: str, method: PaperMethod, plan: str) -> Path:
     "The cache folder of one (data set, setting, seed, method) under `cache_dir`."
-    key = json.dumps([method.tag, method.reference, plan, split.n_real, len(split.test)])
+    parts = [method.tag, method.reference, plan, split.n_real, len(split.test)]
+    if method.trainer != 'plain' or not method.planned or split.sensitive: parts += [method.trainer, method.planned, list(split.sensitive)]
+    key = json.dumps(parts)
     return Path(cache_dir) / f"{split.dataset}_{split.setting}_seed{split.seed}_{name}_{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
+RESULTS_FILE = 'metrics.csv' # one file per cache folder; a new name whenever what is measured changes
+
 # %% ../nbs/07_experiments.ipynb #0fafa688
-def _synthetic_rows(split, name, method, plan, n, folder):
+def _synthetic_rows(split, name, method, groups, folder):
     if method.generate is None: return None
     path = None if folder is None else folder / 'synthetic.csv'
     if path is not None and path.exists(): return pd.read_csv(path).astype(split.train.dtypes.to_dict())
-    groups = group_plan(split, n, plan, method.reference)
-    rows = order_by_plan(split, method.generate(split, groups, split.seed), groups)
+    rows = method.generate(split, groups, split.seed)
+    if method.planned: rows = order_by_plan(split, rows, groups)
     if path is not None: _atomic_csv(rows, path)
     return rows
 
+def _expand(done: pd.DataFrame, ks: list) -> pd.DataFrame:
+    "Results stored at `EVERY_K`, repeated at each of `ks`."
+    every = done.k == EVERY_K
+    if not every.any(): return done
+    return pd.concat([done[~every], *[done[every].assign(k=k) for k in ks]], ignore_index=True)
+
+def _varies_with_k(method: PaperMethod) -> bool: return method.generate is not None or method.trainer == 'reweight'
+
 def run_method(split: ExperimentSplit, # one seed's data
                name: str, # the method's name (a column of the result)
-               method: PaperMethod, # what generates the rows
+               method: PaperMethod, # what generates the rows and trains the classifier
                classifiers: dict, # name -> classifier
-               ks: Iterable[int] = range(6), # steps; k adds k * R / 5 rows
+               ks: Iterable[float] | None = range(6), # steps; k adds k * R / 5 rows ('fill': `fill_size`); None: all rows once
                plan: str = 'released', # 'released' or 'minority' (see `group_plan`)
                cache_dir: str | Path | None = None, # where to keep rows and results; None: no cache
               ) -> pd.DataFrame:
-    "Tidy results (`TIDY_COLUMNS`) of one method on one split, from the cache where possible."
-    ks = list(ks)
+    "Tidy results (`TIDY_COLUMNS`) of one method on one split, from the cache where possible: the one runner of every experiment."
+    if not method.planned: ks = None  # a sampler adds what it adds, once
+    elif ks is None: ks = ['fill']
+    ks = None if ks is None else [5 * fill_size(split) / split.n_real if isinstance(k, str) and k == 'fill' else k for k in ks]
     folder = None if cache_dir is None else cache_path(cache_dir, split, name, method, plan)
-    done = pd.read_csv(folder / 'results.csv') if folder is not None and (folder / 'results.csv').exists() else pd.DataFrame(columns=['classifier', 'k', 'metric', 'value'])
-    todo = {c: clf for c, clf in classifiers.items() if c not in set(done.classifier)}
+    path = None if folder is None else folder / RESULTS_FILE
+    done = pd.read_csv(path) if path is not None and path.exists() else pd.DataFrame(columns=['classifier', 'k', 'n_synthetic', 'metric', 'value'])
+    have = set(zip(done.classifier, done.k.fillna(-2)))
+    wanted = [EVERY_K] if not _varies_with_k(method) else ([-2] if ks is None else ks)
+    todo = {c: clf for c, clf in classifiers.items() if any((c, k) not in have for k in wanted)}
     if todo:
-        synthetic = _synthetic_rows(split, name, method, plan, k_rows(max(ks), split.n_real), folder)
-        new = pd.DataFrame(evaluate_rows(split, synthetic, todo, range(max(ks) + 1) if synthetic is not None else [0]))
+        n_max = 0 if ks is None else k_rows(max(ks), split.n_real)
+        groups = group_plan(split, n_max, plan, method.reference) if method.planned and ks is not None and _varies_with_k(method) else []
+        synthetic = _synthetic_rows(split, name, method, groups, folder)
+        if not _varies_with_k(method): new = pd.DataFrame(evaluate_rows(split, None, todo, [0], method.trainer)).assign(k=EVERY_K)
+        else: new = pd.DataFrame(evaluate_rows(split, synthetic, todo, ks, method.trainer, groups))
+        new = new[[(c, k) not in have for c, k in zip(new.classifier, new.k.fillna(-2))]]
         done = pd.concat([done, new], ignore_index=True) if len(done) else new
-        if folder is not None: _atomic_csv(done, folder / 'results.csv')
+        if path is not None: _atomic_csv(done, path)
     out = done[done.classifier.isin(list(classifiers))]
-    if method.generate is None: out = pd.concat([out.assign(k=k) for k in ks], ignore_index=True) # one number, shown at every k
-    out = out[out.k.isin(ks)].assign(dataset=split.dataset, setting=split.setting, method=name, seed=split.seed)
+    if ks is not None: out = _expand(out, ks)
+    if ks is not None: out = out[np.isclose(out.k.to_numpy(float)[:, None], np.asarray(ks, float)[None, :]).any(1)]
+    out = out.assign(dataset=split.dataset, setting=split.setting, method=name, seed=split.seed)
     return out[TIDY_COLUMNS].reset_index(drop=True)
 
 # %% ../nbs/07_experiments.ipynb #3c3be43b
@@ -403,33 +565,37 @@ def _check_run(datasets, settings, methods, classifiers):
     for n, m in methods.items():
         if not isinstance(m, PaperMethod): raise OPALInputError(f"method {n!r} must be a PaperMethod; wrap a function as PaperMethod(fn)")
 
+def _method_table(methods) -> dict:
+    "A method table from None (`FAST_METHODS`), names of `paper_methods()`, or a dict name -> PaperMethod."
+    table = paper_methods()
+    if methods is None: return {n: table[n] for n in FAST_METHODS}
+    if isinstance(methods, Mapping): return dict(methods)
+    names = list(methods)
+    unknown = [n for n in names if n not in table]
+    if unknown: raise OPALInputError(f"unknown method {unknown[0]!r}: choose from {list(table)}, or pass a dict name -> PaperMethod")
+    return {n: table[n] for n in names}
+
 def run_paper(data_dir: str | Path, # a folder laid out like the paper's release
               datasets: Iterable[str] | None = None, # folder names; None: all four
               settings: Iterable[str] = ('imbalanced', 'spurious'), # settings to run (craft has only 'imbalanced')
               methods: Mapping[str, PaperMethod] | Iterable[str] | None = None, # a method table, or names from `paper_methods()`; None: `FAST_METHODS`
               classifiers: Iterable[str] | None = None, # of 'logistic', 'random_forest', 'boosting'; None: all three
               seeds: Iterable[int] = (1, 2, 6, 8, 42), # the paper's seeds
-              ks: Iterable[int] = range(6), # steps; k adds k * R / 5 synthetic rows
+              ks: Iterable[float] = range(6), # steps; k adds k * R / 5 synthetic rows; 'fill': as many as fill the minority groups
               plan: str = 'released', # groups of the synthetic rows: 'released' (as the paper's files) or 'minority'
               cache_dir: str | Path | None = None, # keep rows and results here (resumable); None: no cache
               n_jobs: int = 1, # parallel tasks (joblib processes)
               progress: bool = True, # show a progress bar
              ) -> pd.DataFrame:
-    "Tidy results of the paper's protocols: `dataset, setting, method, classifier, seed, k, metric, value`."
+    "Tidy results of the paper's protocols: `dataset, setting, method, classifier, seed, k, metric, value` (and `n_synthetic`)."
     from joblib import Parallel, delayed
     datasets = list(PAPER_DATASETS) if datasets is None else list(datasets)
-    table = paper_methods()
-    if methods is None: methods = {n: table[n] for n in FAST_METHODS}
-    elif not isinstance(methods, Mapping):
-        names = list(methods)
-        unknown = [n for n in names if n not in table]
-        if unknown: raise OPALInputError(f"unknown method {unknown[0]!r}: choose from {list(table)}, or pass a dict name -> PaperMethod")
-        methods = {n: table[n] for n in names}
+    methods = _method_table(methods)
     classifiers = ['logistic', 'random_forest', 'boosting'] if classifiers is None else list(classifiers)
     settings, seeds, ks = list(settings), list(seeds), list(ks)
-    _check_run(datasets, settings, dict(methods), classifiers)
+    _check_run(datasets, settings, methods, classifiers)
     tasks = [(d, s, seed, n, m) for d in datasets for s in settings if s in PAPER_DATASETS[d].settings
-             for seed in seeds for n, m in methods.items()]
+             for seed in seeds for n, m in methods.items() if not (s == 'imbalanced' and m.trainer in ('exponentiated_gradient', 'threshold_optimizer'))]
     tasks.sort(key=lambda t: t[4].generate is None or 'tabular' not in t[3]) # slow ones first, for balance
     jobs = (delayed(_paper_task)(data_dir, d, s, seed, n, m, classifiers, ks, plan, cache_dir) for d, s, seed, n, m in tasks)
     results = Parallel(n_jobs=n_jobs, return_as='generator_unordered')(jobs)
@@ -439,21 +605,83 @@ def run_paper(data_dir: str | Path, # a folder laid out like the paper's release
     out.attrs['boosting'] = boosting_backend()
     return out
 
+# %% ../nbs/07_experiments.ipynb #6dd9740b
+def sampler_method(sampler, # anything with `fit_resample(X, y)` (sensitive columns are passed as `sensitive_features` when it takes them)
+                  ) -> PaperMethod:
+    "A method whose rows are what `sampler` adds to the split's training rows (a fresh copy, seeded by the split's seed)."
+    def rows(split, plan, seed):
+        X, y = split.train.drop(columns=split.target), split.train[split.target]
+        X_res, y_res = resample(with_seed(sampler, seed), X, y, list(split.sensitive))
+        new = X_res.iloc[len(X):].assign(**{split.target: y_res.iloc[len(X):].to_numpy()})
+        return new[list(split.train.columns)].reset_index(drop=True)
+    return PaperMethod(rows, tag=repr(sampler), description=type(sampler).__name__, planned=False)
+
+def _as_method(name: str, m) -> PaperMethod:
+    if m is None: return PaperMethod(None, description='the real rows only')
+    if isinstance(m, PaperMethod): return m
+    if isinstance(m, str): return _method_table([m])[m]
+    if not hasattr(m, 'fit_resample'): raise OPALInputError(f"method {name!r} has no fit_resample(X, y): give an imbalanced-learn style sampler, None, a PaperMethod or a name of paper_methods()")
+    return sampler_method(m)
+
+def _check_compare(train, test, target, sensitive, classifiers, seeds):
+    for what, df in (('train', train), ('test', test)):
+        missing = [c for c in [target, *sensitive] if c not in df.columns]
+        if missing: raise OPALInputError(f"{what} lacks the columns {missing}")
+    missing = [c for c in train.columns if c not in test.columns]
+    if missing: raise OPALInputError(f"test lacks the training columns {missing}")
+    for name, c in classifiers.items():
+        if not hasattr(c, 'fit') or not hasattr(c, 'predict'): raise OPALInputError(f"classifier {name!r} has no fit/predict")
+    if len(seeds) == 0: raise OPALInputError("seeds is empty: give at least one seed")
+
+def _compare_task(split, name, method, classifiers, cache_dir):
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', FutureWarning)
+        return run_method(split, name, method, classifiers, None, 'minority', cache_dir)
+
+def compare_methods(train: pd.DataFrame, # training rows (features and target); only these reach the methods
+                    test: pd.DataFrame, # held-out rows, never resampled
+                    target: str, # the label column
+                    sensitive: list[str] | str | None = None, # sensitive columns: groups are target x sensitive
+                    methods: dict | None = None, # name -> sampler, None (no oversampling), a PaperMethod or a name of `paper_methods()`
+                    classifiers: dict | None = None, # name -> scikit-learn classifier; default `default_classifiers()`
+                    seeds: Iterable[int] = (1, 2, 6, 8, 42), # one run per seed (methods' and unseeded classifiers' random_state)
+                    n_jobs: int = 1, # parallel runs (joblib)
+                    progress: bool = True, # show a progress bar
+                    attribute: str | None = None, # a spurious attribute column, binarized by `positive` (groups: label x attribute)
+                    positive=None, # how `attribute` is binarized, see `opal_nb.data.binarize_attribute`
+                    cache_dir: str | Path | None = None, # keep rows and results here (resumable); None: no cache
+                    dataset: str = 'data', # the table's name in the cache
+                   ) -> pd.DataFrame:
+    "Tidy `method, classifier, seed, n_synthetic, metric, value` rows of test errors per method, classifier and seed."
+    from joblib import Parallel, delayed
+    sensitive, seeds = _as_list(sensitive), list(seeds)
+    methods = {'none': None} if methods is None else dict(methods)
+    if not methods: raise OPALInputError("methods is empty: give e.g. {'none': None, 'smote': SMOTE()}")
+    classifiers = default_classifiers() if classifiers is None else dict(classifiers)
+    _check_compare(train, test, target, sensitive, classifiers, seeds)
+    table = {n: _as_method(n, m) for n, m in methods.items()}
+    splits = {seed: ExperimentSplit(dataset, 'table', seed, train, test, target,
+                                    attribute, positive, sensitive=sensitive) for seed in seeds}
+    tasks = [(splits[seed], n, m) for seed in seeds for n, m in table.items()]
+    jobs = (delayed(_compare_task)(s, n, m, classifiers, cache_dir) for s, n, m in tasks)
+    parts = list(tqdm(Parallel(n_jobs=n_jobs, return_as='generator')(jobs), total=len(tasks), disable=not progress, desc='compare_methods'))
+    out = pd.concat(parts, ignore_index=True)
+    return out[['method', 'classifier', 'seed', 'n_synthetic', 'metric', 'value']]
+
 # %% ../nbs/07_experiments.ipynb #07c903ef
 def cached_results(cache_dir: str | Path, # the `cache_dir` of `run_paper` / `run_method`
-                   ks: Iterable[int] = range(6), # the steps to show `none` at
+                   ks: Iterable[float] = range(6), # the steps to show a method without rows (`none`) at
                   ) -> pd.DataFrame:
     "Tidy results (`TIDY_COLUMNS`) of every finished task in `cache_dir`; nothing is computed."
     import re
     parts, seen = [], set()
-    for path in sorted(Path(cache_dir).glob('*/results.csv')):
-        m = re.fullmatch(r'(.+)_(imbalanced|spurious)_seed(-?\d+)_(.+)_[0-9a-f]{10}', path.parent.name)
+    for path in sorted(Path(cache_dir).glob(f'*/{RESULTS_FILE}')):
+        m = re.fullmatch(r'(.+)_(imbalanced|spurious|table)_seed(-?\d+)_(.+)_[0-9a-f]{10}', path.parent.name)
         if m is None: continue
         if m.groups() in seen: warnings.warn(f"{path.parent.name}: {m[1]} {m[2]} seed {m[3]} {m[4]} is cached under several settings "
                                              f"(cache keys); all are included: keep one configuration per cache folder")
         seen.add(m.groups())
-        d = pd.read_csv(path)
-        if not (path.parent / 'synthetic.csv').exists(): d = pd.concat([d.assign(k=k) for k in ks], ignore_index=True) # `none`
+        d = _expand(pd.read_csv(path), list(ks))
         parts.append(d.assign(dataset=m[1], setting=m[2], seed=int(m[3]), method=m[4]))
     if not parts: return pd.DataFrame(columns=TIDY_COLUMNS)
     return pd.concat(parts, ignore_index=True)[TIDY_COLUMNS]
@@ -503,22 +731,18 @@ def scaling_study(splits: Iterable[ExperimentSplit], # one per seed
                   tabular: dict | None = None, # TabularLM arguments
                   plan: str = 'minority', # groups of the synthetic rows
                   progress: bool = True, # progress bar over seeds
+                  cache_dir: str | Path | None = None, # keep rows and results here (resumable); None: no cache
                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "Tidy errors of TabularLM rows at each multiple of R (`n_synthetic` column), and a power-law fit per classifier and metric."
+    "Tidy errors of TabularLM rows at each multiple of R (`multiple`, `n_synthetic` columns), and a power-law fit per classifier and metric."
     classifiers = classifiers or {'logistic': unpenalized_logistic()}
-    multiples, rows = sorted(multiples), []
-    for split in tqdm(list(splits), desc='scaling_study', disable=not progress):
-        n_max = math.ceil(max(multiples) * split.n_real)
-        groups = group_plan(split, n_max, plan, 'focus')
-        synthetic = order_by_plan(split, tabular_rows(split, groups, split.seed, **(tabular or {})), groups)
-        for m in multiples:
-            n = min(math.ceil(m * split.n_real), len(synthetic))
-            train = pd.concat([split.train, synthetic.iloc[:n]], ignore_index=True)
-            for c, clf in classifiers.items():
-                rows += [dict(dataset=split.dataset, setting=split.setting, method='opal_tabular', classifier=c, seed=split.seed,
-                              multiple=m, n_synthetic=n, metric=k, value=v) for k, v in split_metrics(split, train, clf).items()]
-    tidy = pd.DataFrame(rows)
-    means = tidy.groupby(['classifier', 'metric', 'multiple'], as_index=False).agg(n_synthetic=('n_synthetic', 'mean'), value=('value', 'mean'))
-    fits = pd.DataFrame([dict(classifier=c, metric=k, **fit_power_law(g.n_synthetic, g.value, split.n_real))
+    multiples, method = sorted(multiples), paper_methods(tabular=tabular)['opal_tabular']
+    parts = [run_method(split, 'opal_tabular', method, classifiers, [5 * m for m in multiples], plan, cache_dir)
+             for split in tqdm(list(splits), desc='scaling_study', disable=not progress)]
+    tidy = pd.concat(parts, ignore_index=True)
+    tidy.insert(tidy.columns.get_loc('k'), 'multiple', tidy.k / 5)
+    main = tidy[tidy.metric.isin(SPURIOUS_METRICS)]
+    means = main.groupby(['classifier', 'metric', 'multiple'], as_index=False).agg(n_synthetic=('n_synthetic', 'mean'), value=('value', 'mean'))
+    n_real = parts[0].n_synthetic.max() / max(multiples) if max(multiples) else 1
+    fits = pd.DataFrame([dict(classifier=c, metric=k, **fit_power_law(g.n_synthetic, g.value, n_real))
                          for (c, k), g in means.groupby(['classifier', 'metric'])])
     return tidy, fits

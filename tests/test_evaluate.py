@@ -16,7 +16,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score
 
 from opal_nb.core import OPALInputError, infer_schema
-from opal_nb.evaluate import (QualityReport, classifier_pipeline, compare_methods, errors_to_rows, feature_kinds,
+from opal_nb.experiments import compare_methods
+from opal_nb.evaluate import (QualityReport, classifier_pipeline, errors_to_rows, feature_kinds,
                               group_errors, known_levels, plot_distributions, plot_error_vs_rows, plot_group_errors,
                               resample, spurious_groups, summarize, synthetic_quality, unpenalized_logistic, with_seed)
 
@@ -231,8 +232,7 @@ def test_compare_methods_spurious_groups_on_paper_data():
     train = pd.read_csv(folder / 'train_colsbase_size100_total568_rand1.csv')
     test = pd.read_csv(folder / 'test_colsbase_size568_rand1.csv')
     tidy = compare_methods(train, test, 'class', methods={'none': None}, classifiers={'logistic': unpenalized_logistic()},
-                           seeds=(1,), progress=False, groups=lambda d: spurious_groups(d['skin'], d['class']),
-                           minority_groups='disagree')
+                           seeds=(1,), progress=False, attribute='skin')
     value = lambda m: tidy.query("metric == @m").value.item()
     # four (skin > 0, class) groups; recompute minority error directly
     model = classifier_pipeline(unpenalized_logistic(), feature_kinds(train.drop(columns='class'))).fit(train.drop(columns='class'), train['class'])

@@ -75,13 +75,15 @@ def test_project_baselines_follow_released_group_counts(method, fn):
 def test_run_paper_skips_craft_in_spurious(tmp_path):
     tidy = run_paper(PAPER, ['craft'], methods=['none'], classifiers=['logistic'], seeds=[1], cache_dir=tmp_path, progress=False)
     assert set(tidy.setting) == {'imbalanced'}
-    assert tidy.groupby('k').value.nunique().eq(1).all() and tidy.k.tolist() == list(range(6))
+    err = tidy[tidy.metric == 'error']
+    assert err.groupby('k').value.nunique().eq(1).all() and err.k.tolist() == list(range(6))
 
 
 @needs_paper
 def test_spurious_metrics_present(tmp_path):
     tidy = run_paper(PAPER, ['heart_failure'], ['spurious'], ['smote'], ['logistic'], seeds=[1], cache_dir=tmp_path, progress=False)
-    assert set(tidy.metric) == {'error', 'minority', 'majority', 'worst', 'diff'}
+    assert {'error', 'minority', 'majority', 'worst', 'diff', 'balanced_accuracy'} <= set(tidy.metric)
+    assert {m for m in tidy.metric if m.startswith('group:')} == {f'group:attribute={a}, label={l}' for a in (0, 1) for l in (0, 1)}
     w = tidy.pivot_table(index='k', columns='metric', values='value')
     assert (w['worst'] >= w[['minority', 'majority']].max(axis=1) - 1e-12).all()
 
@@ -141,6 +143,7 @@ def test_k_zero_equals_none(default_splits):
     m = paper_methods()
     none = run_method(imb, 'none', m['none'], LOGISTIC, plan='minority')
     smote = run_method(imb, 'smote', m['smote'], LOGISTIC, plan='minority')
+    none, smote = (r[r.metric == 'error'].reset_index(drop=True) for r in (none, smote))
     assert none.value.nunique() == 1 and none.k.tolist() == list(range(6))
     assert smote.value.iloc[0] == none.value.iloc[0]
     assert smote.value.iloc[5] != none.value.iloc[5]
@@ -150,7 +153,7 @@ def test_methods_table_is_extensible(default_splits):
     imb, _ = default_splits
     methods = paper_methods() | {'first_real': PaperMethod(lambda split, plan, seed: split.train[split.train.high_progression == 1].sample(len(plan), replace=True, random_state=seed))}
     r = run_method(imb, 'first_real', methods['first_real'], LOGISTIC, ks=[0, 1], plan='minority')
-    assert r.method.unique().tolist() == ['first_real'] and r.k.tolist() == [0, 1]
+    assert r.method.unique().tolist() == ['first_real'] and r[r.metric == 'error'].k.tolist() == [0, 1]
 
 
 # ---- properties ---------------------------------------------------------------------------------
@@ -192,8 +195,10 @@ def test_bad_requests(default_splits):
     with pytest.raises(OPALInputError, match="has no released rows of 'focus'"): group_plan(imb, 5)
     with pytest.raises(OPALInputError, match="needs the paper's release"): released_rows(imb, [(0,)], 1)
     with pytest.raises(OPALInputError, match="at least 4 points"): fit_power_law([0, 1], [0.3, 0.2], 10)
-    with pytest.raises(OPALInputError, match="no rows of metric 'worst'"):
-        error_table(run_method(imb, 'none', paper_methods()['none'], LOGISTIC, plan='minority'), 'worst')
+    with pytest.raises(OPALInputError, match="no rows of metric 'best'"):
+        error_table(run_method(imb, 'none', paper_methods()['none'], LOGISTIC, plan='minority'), 'best')
+    with pytest.raises(OPALInputError, match="needs a sensitive attribute"):
+        run_method(imb, 'fair_threshold', paper_methods()['fair_threshold'], LOGISTIC, plan='minority')
 
 
 @pytest.mark.slow
@@ -261,7 +266,8 @@ def test_smol_methods_fill_plan_without_test_rows(default_splits, tiny_chat, kin
 def test_run_paper_default_is_the_fast_methods():
     from opal_nb.experiments import FAST_METHODS
     assert FAST_METHODS == ('none', 'duplicate', 'smote', 'opal_gpt4', 'opal_tabular')
-    assert set(paper_methods()) == {*FAST_METHODS, 'opal_smol_icl', 'opal_smol_ft'}
+    from opal_nb.experiments import USER_METHODS
+    assert set(paper_methods()) == {*FAST_METHODS, *USER_METHODS, 'opal_smol_icl', 'opal_smol_ft'}
     with pytest.raises(OPALInputError, match="unknown method 'opal_smol'"):
         run_paper('.', methods=['opal_smol'])
 

@@ -137,7 +137,7 @@ import numpy as np, pandas as pd
 from sklearn.linear_model import LogisticRegression
 from opal_nb.generate import TabularLM
 from opal_nb.oversample import OPALOverSampler, GroupOverSampler
-from opal_nb.evaluate import compare_methods
+from opal_nb.experiments import compare_methods
 rng = np.random.default_rng(0); n = 300
 df = pd.DataFrame({'age': rng.integers(18, 90, n), 'hours': rng.normal(40, 10, n).round(1),
                    'sex': rng.choice(['F', 'M'], n, p=[0.3, 0.7]), 'job': rng.choice(['a', 'b', 'c', 'd'], n),

@@ -17,7 +17,7 @@ import pandas as pd
 from sklearn.neighbors import NearestNeighbors
 from sklearn.ensemble import IsolationForest
 
-from .core import OPALInputError, Schema, coerce_frame, infer_schema, prepare_frame, _py
+from .core import OPALInputError, Schema, coerce_frame, infer_schema, prepare_frame, _py, _round
 
 # %% auto #0
 __all__ = ['REASONS', 'row_problems', 'row_keys', 'DistanceEncoder', 'FilterReport', 'RowFilter', 'filter_rows']
@@ -50,17 +50,52 @@ def _level_value(v, lookup: dict, spec) -> tuple:
 
 # %% ../nbs/04_filter.ipynb #5a46c5af
 def _check_rows(df: pd.DataFrame, schema: Schema) -> tuple[dict, list]:
-    "Canonical values per column, and per row a list of (column, problem)."
+    "Canonical values per column (an array each), and per row a list of (column, problem)."
     clean, problems = {}, [[] for _ in range(len(df))]
     for name, spec in schema.columns.items():
-        lookup = None if spec.is_numeric else {lvl: lvl for lvl in spec.levels}
-        vals = []
-        for i, v in enumerate(df[name].tolist()):
-            x, p = _numeric_value(v, spec) if spec.is_numeric else _level_value(v, lookup, spec)
-            vals.append(x)
-            if p: problems[i].append((name, p))
-        clean[name] = vals
+        clean[name], bad = (_numeric_column if spec.is_numeric else _level_column)(df[name], spec)
+        for i, p in bad: problems[i].append((name, p))
     return clean, problems
+
+def _numeric_column(s: pd.Series, spec) -> tuple[np.ndarray, list]:
+    "`_numeric_value` of every value of `s`, as one float array and (row, problem) pairs; numeric dtypes are checked as arrays."
+    if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s) or isinstance(s.dtype, pd.CategoricalDtype):
+        return _one_by_one(s.tolist(), lambda v: _numeric_value(v, spec), float)
+    x = s.to_numpy(dtype=float, na_value=np.nan)
+    tol, r = 10.0 ** -(spec.precision + 3), _round(x, spec.precision)
+    with np.errstate(invalid='ignore'):
+        na, inf = np.isnan(x), np.isinf(x)
+        low = (x < spec.minimum - tol) if spec.minimum is not None else np.zeros(len(x), bool)
+        high = (x > spec.maximum + tol) if spec.maximum is not None else np.zeros(len(x), bool)
+        extra = np.abs(x - r) > tol + 1e-12 * np.abs(x)
+    bad = (na & (not spec.missing)) | inf | low | high | extra
+    problems = []
+    for i in np.flatnonzero(bad):  # the same words as `_numeric_value`, row by row only where there is a problem
+        v = float(x[i])
+        problems.append((i, 'missing' if na[i] else f'non-number {v!r}' if inf[i] else
+                            f'{v:g} outside [{spec.minimum}, {spec.maximum}]' if low[i] or high[i] else f'{v!r} has more than {spec.precision} decimals'))
+    return np.where(bad, np.nan, r), problems
+
+def _level_column(s: pd.Series, spec) -> tuple[np.ndarray, list]:
+    "`_level_value` of every value of `s`, each distinct value looked up once."
+    lookup, seen = {lvl: lvl for lvl in spec.levels}, {}
+    def check(v):
+        try: key = (type(v), v)
+        except TypeError: return _level_value(v, lookup, spec)
+        try: return seen[key]
+        except KeyError: seen[key] = out = _level_value(v, lookup, spec)
+        except TypeError: return _level_value(v, lookup, spec)  # an unhashable value
+        return out
+    return _one_by_one(s.tolist(), check, object)
+
+def _one_by_one(values: list, check, dtype) -> tuple[np.ndarray, list]:
+    "Canonical values and (row, problem) pairs of `check` (which returns (value, problem)) on each value."
+    out, problems = np.empty(len(values), dtype=object), []
+    for i, v in enumerate(values):
+        x, p = check(v)
+        out[i] = x
+        if p: problems.append((i, p))
+    return (out.astype(float) if dtype is float else out), problems
 
 # %% ../nbs/04_filter.ipynb #9a6bedd2
 def row_problems(df: pd.DataFrame, # rows with the schema's columns
@@ -82,8 +117,14 @@ def _check_columns(df, schema: Schema, what: str):
 
 # %% ../nbs/04_filter.ipynb #8ffc2743
 def row_keys(clean: pd.DataFrame) -> list[tuple]:
-    "One hashable key per row of a canonical frame (missing values as None)."
-    return [tuple(None if _is_missing(v) else _py(v) for v in row) for row in clean.itertuples(index=False, name=None)]
+    "One hashable key per row of a canonical frame (missing values as None), built column by column."
+    return list(zip(*[_key_values(clean[c]) for c in clean.columns])) if clean.shape[1] else [()] * len(clean)
+
+def _key_values(s: pd.Series) -> list:
+    "The values of `s` as plain Python values, missing ones as None."
+    if s.dtype != object and not isinstance(s.dtype, pd.CategoricalDtype):
+        return s.astype(object).where(s.notna(), None).tolist() if s.hasnans else s.tolist()
+    return [None if _is_missing(v) else _py(v) for v in s.tolist()]
 
 # %% ../nbs/04_filter.ipynb #214d05d3
 class DistanceEncoder:
@@ -207,9 +248,10 @@ class RowFilter:
                  plausibility: bool = False, # drop rows an IsolationForest fitted on the real rows calls outliers
                  contamination: float | str = 0.01, # IsolationForest's share of real rows called outliers
                  random_state=None, # seed of the IsolationForest
+                 dcr_sample: int | None = 10_000, # the threshold's quantile is taken over at most this many distinct real rows (a fixed-seed sample); None: all
                 ):
         self.schema, self.dcr_quantile, self.plausibility = schema, dcr_quantile, plausibility
-        self.contamination, self.random_state = contamination, random_state
+        self.contamination, self.random_state, self.dcr_sample = contamination, random_state, dcr_sample
 
     def __repr__(self):
         return (f"RowFilter(target={self.schema.target!r}, dcr_quantile={self.dcr_quantile}, plausibility={self.plausibility}"
@@ -222,32 +264,42 @@ def _canonical(self: RowFilter, df: pd.DataFrame, what: str) -> tuple[pd.DataFra
     _check_columns(df, self.schema, what)
     clean, problems = _check_rows(df[self.schema.names], self.schema)
     ok = np.array([not p for p in problems], dtype=bool)
-    frame = pd.DataFrame(clean, dtype=object).iloc[np.flatnonzero(ok)] if len(df) else pd.DataFrame(columns=self.schema.names, dtype=object)
+    frame = pd.DataFrame(clean).iloc[np.flatnonzero(ok)] if len(df) else pd.DataFrame(columns=self.schema.names, dtype=object)
     return coerce_frame(frame, self.schema), problems
 
 @patch
 def fit(self: RowFilter, real: pd.DataFrame): # the real training rows
     "Learn real-row keys, distances and the near-copy threshold from `real`; returns self."
-    q = self.dcr_quantile
+    q, k = self.dcr_quantile, self.dcr_sample
     if q is not None and not (isinstance(q, numbers.Real) and 0 <= q <= 1): raise OPALInputError(f"dcr_quantile must be in [0, 1] or None, got {q!r}")
+    if k is not None and (not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1): raise OPALInputError(f"dcr_sample must be an int >= 1 or None, got {k!r}")
     if isinstance(real, pd.DataFrame) and len(real) == 0: raise OPALInputError("the real rows are empty: fit the filter on the training rows")
     _check_columns(real, self.schema, 'real rows')
     real = prepare_frame(real, self.schema.target, schema=self.schema, min_classes=1)[1]
     clean, problems = self._canonical(real, 'real rows')
     keys = row_keys(clean)
     self.real_keys_ = {}
-    for i, k in zip(real.index, keys): self.real_keys_.setdefault(k, i)
+    for i, key in zip(real.index, keys): self.real_keys_.setdefault(key, i)
     self.encoder_ = DistanceEncoder(self.schema).fit(clean)
     X = self.encoder_.transform(clean)
     distinct = np.unique(X, axis=0)
     self.nn_ = NearestNeighbors(n_neighbors=1).fit(distinct)
-    if len(distinct) > 1: self.real_nn_distances_ = NearestNeighbors(n_neighbors=2).fit(distinct).kneighbors(distinct)[0][:, 1]
-    else: self.real_nn_distances_ = np.zeros(1)
+    self.real_nn_distances_ = _leave_one_out_distances(self.nn_, distinct, k)
     self.dcr_threshold_ = float(np.quantile(self.real_nn_distances_, q)) if q is not None else 0.0
     self.outlier_model_ = (IsolationForest(contamination=self.contamination, random_state=self.random_state).fit(X)
                            if self.plausibility else None)
     self.n_real_ = len(real)
     return self.reset()
+
+def _leave_one_out_distances(nn: NearestNeighbors, # fitted on `distinct`
+                             distinct: np.ndarray, # the distinct encoded real rows
+                             sample: int | None, # at most this many rows are asked (a fixed-seed sample); None: all
+                            ) -> np.ndarray:
+    "Distance of each distinct real row (or of a fixed sample of `sample` of them) to its nearest other distinct real row."
+    if len(distinct) < 2: return np.zeros(1)
+    asked = distinct
+    if sample is not None and len(distinct) > sample: asked = distinct[np.sort(np.random.default_rng(0).choice(len(distinct), sample, replace=False))]
+    return nn.kneighbors(asked, n_neighbors=2)[0][:, 1]
 
 @patch
 def reset(self: RowFilter):

@@ -143,6 +143,41 @@ def text(self: RowCodec, ids) -> str:
     "The token strings of `ids`, space separated (pads dropped)."
     return ' '.join(self.vocab[int(t)] for t in ids if int(t) != self.pad)
 
+# %% ../nbs/03_generate.ipynb #4ac86c98
+@patch
+def encode_frame(self: RowCodec, df: pd.DataFrame, # rows with the schema's columns
+                 strict: bool = False, # as in `encode_value`
+                ) -> list[tuple]:
+    "Per row of `df`, the ids of each column's value (schema order): `encode_value` of every value, column by column."
+    columns = [self._encode_column(i, df[n], strict) for i, n in enumerate(self.names)]
+    return list(zip(*columns)) if columns else [()] * len(df)
+
+@patch
+def _encode_column(self: RowCodec, i: int, s: pd.Series, strict: bool) -> list:
+    "The ids of every value of column `i`, each distinct value encoded once."
+    numeric_dtype = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s) and not isinstance(s.dtype, pd.CategoricalDtype)
+    if not (self.is_numeric[i] and numeric_dtype):
+        seen, out = {}, []
+        for v in s.tolist():
+            try: key = (type(v), v); ids = seen[key]
+            except KeyError: ids = seen[key] = self.encode_value(i, v, strict)
+            except TypeError: ids = self.encode_value(i, v, strict)  # an unhashable value: encode_value says what is wrong
+            out.append(ids)
+        return out
+    x = s.to_numpy(dtype=float, na_value=np.nan)
+    na = np.isnan(x)
+    if na.any() and not self.missing[i]: self.encode_value(i, np.nan)  # raises, naming the column
+    scaled = np.where(na, 0.0, x) * 10 ** int(self.precision[i])
+    whole = np.rint(scaled)  # Python's round(): half to even
+    wrong = ((np.abs(scaled - whole) > 1e-6 * np.maximum(1.0, np.abs(scaled))) if strict else False) | ~na & ((whole < self.lo[i]) | (whole > self.hi[i]))
+    if np.any(wrong): self.encode_value(i, s.tolist()[int(np.flatnonzero(wrong)[0])], strict)  # raises with the value
+    values, inverse = np.unique(whole.astype(np.int64), return_inverse=True)
+    w = int(self.width[i])
+    digits = (np.abs(values)[:, None] // 10 ** np.arange(w - 1, -1, -1, dtype=np.int64)) % 10 + self.digit0
+    ids = [([self.minus] if v < 0 else []) + d for v, d in zip(values.tolist(), digits.tolist())]
+    na_ids = [self.na]
+    return [na_ids if m else ids[k] for k, m in zip(inverse.ravel().tolist(), na.tolist())]
+
 # %% ../nbs/03_generate.ipynb #14b4ea2c
 @patch
 def decode(self: RowCodec, ids # token ids of one row (leading/trailing pads allowed)
@@ -318,7 +353,7 @@ class TabularLM(BaseGenerator):
                  n_head: int = 4, # attention heads (must divide n_embd)
                  dropout: float = 0.0, # dropout of embeddings, attention and residuals
                  epochs: int | None = None, # passes over the table, each with new column orders (None: enough for `steps`)
-                 steps: int = 2000, # training steps when `epochs` is None (conditioning on a group needs ~2000)
+                 steps: int = 2000, # training steps when `epochs` is None (whole epochs up to the one reaching it; at most `steps` on a table of more rows than steps x batch_size)
                  batch_size: int = 16, # rows per training step
                  learning_rate: float = 3e-3, # peak AdamW learning rate (warm-up, then cosine decay)
                  max_steps: int | None = None, # stop training after this many steps (None: all epochs)
@@ -442,15 +477,18 @@ def fit(self: TabularLM, df: pd.DataFrame, # the training table
     self._check_params()
     schema, df = prepare_frame(df, target, sensitive, schema)
     codec = RowCodec(schema)
-    encoded = [[codec.encode_value(i, v) for i, v in enumerate(r)] for r in df.itertuples(index=False)]
+    encoded = codec.encode_frame(df)
     seed = _seed(self.random_state)
     with torch.random.fork_rng(devices=[]), _torch_threads(self.n_threads):
         torch.manual_seed(seed)
         model = self._new_model(codec)
         per_epoch = -(-len(encoded) // self.batch_size)
         epochs = self.epochs if self.epochs is not None else -(-self.steps // per_epoch)
+        max_steps = self.max_steps
+        if self.epochs is None and per_epoch > self.steps:  # more than steps x batch_size rows: `steps` steps, not a whole epoch
+            max_steps = self.steps if max_steps is None else min(max_steps, self.steps)
         self.history_, self.n_steps_ = _train(model, lambda rng: self._training_batches(encoded, codec, rng), np.random.default_rng(seed),
-                               epochs, self.max_steps, self.learning_rate, per_epoch, self.progress)
+                               epochs, max_steps, self.learning_rate, per_epoch, self.progress)
     model.eval()
     self.schema_, self.codec_, self.model_, self.tokenizer_ = schema, codec, model, codec.tokenizer()
     self._rng, self.rejected_ = np.random.default_rng(seed), _no_rejects()

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from .core import OPALInputError, Schema, ColumnSpec, coerce_frame, infer_schema, _py
+from .core import OPALInputError, Schema, ColumnSpec, coerce_frame, infer_schema, _py, _as_list
 
 # %% auto #0
 __all__ = ['format_value', 'check_text_schema', 'row_to_text', 'rows_to_text', 'ParsedRows', 'parse_rows', 'rows_to_csv',
@@ -156,8 +156,9 @@ def _split_text_row(line: str) -> list[tuple[str, str, bool]]:
         pairs.append((name, line[pos:j].strip(), False)); pos = j + 2
 
 # %% ../nbs/02_prompt.ipynb #e68b6130
-def _row_from_pairs(pairs, schema: Schema, group: dict | None, extra_decimals: str, check_range: bool) -> dict:
-    "A `{column: value}` row from parsed pairs, checked against `schema` and `group`, or raise `_Reject`."
+def _row_from_pairs(pairs, schema: Schema, group: dict | None, extra_decimals: str, check_range: bool, ignore=()) -> dict:
+    "A `{column: value}` row from parsed pairs (those of `ignore` columns dropped), checked against `schema` and `group`, or raise `_Reject`."
+    pairs = [p for p in pairs if p[0] not in ignore]
     names = [n for n, _, _ in pairs]
     unknown = [n for n in names if n not in schema.columns]
     if unknown: raise _Reject(f"unknown column: {unknown[0]!r}" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ''))
@@ -227,19 +228,21 @@ def parse_rows(text: str | list[str], # a chat answer, or a list of answers or l
                style: str = 'text', # 'text' (`col is value, ...`) or 'csv' (header line, then rows)
                extra_decimals: str = 'round', # 'round' to the column's precision or 'reject'
                check_range: bool = True, # reject numbers outside the column's observed range
+               ignore: list[str] | tuple = (), # columns to drop from every row instead of rejecting it, e.g. the ID columns the schema left out
               ) -> ParsedRows:
     "Read the rows in `text` strictly against `schema`; every unreadable line gets a reason."
     if style not in ('text', 'csv'): raise OPALInputError(f"style must be 'text' or 'csv', got {style!r}")
     if extra_decimals not in ('round', 'reject'): raise OPALInputError(f"extra_decimals must be 'round' or 'reject', got {extra_decimals!r}")
     group = _check_group_arg(group, schema)
-    if style == 'csv': return _parse_csv(text, schema, group, extra_decimals, check_range)
+    ignore = set(_as_list(ignore)) - set(schema.columns)
+    if style == 'csv': return _parse_csv(text, schema, group, extra_decimals, check_range, ignore)
     check_text_schema(schema)
     rows, rejected, skipped = [], [], []
     for i, line in enumerate(_split_lines(text)):
         if not line.strip(): continue
         body = _strip_numbering(line, schema)
         if not _is_text_row(body, schema): skipped.append(line); continue
-        try: rows.append(_row_from_pairs(_split_text_row(body), schema, group, extra_decimals, check_range))
+        try: rows.append(_row_from_pairs(_split_text_row(body), schema, group, extra_decimals, check_range, ignore))
         except _Reject as e: rejected.append(dict(text=line, reason=str(e), line=i))
     return _parsed(rows, rejected, skipped, schema)
 
@@ -291,7 +294,7 @@ def _header_names(fields, schema: Schema) -> list[str] | None:
     return [v for v, _ in fields] if known * 2 > len(fields) else None
 
 # %% ../nbs/02_prompt.ipynb #10783e4d
-def _parse_csv(text, schema: Schema, group: dict, extra_decimals: str, check_range: bool) -> ParsedRows:
+def _parse_csv(text, schema: Schema, group: dict, extra_decimals: str, check_range: bool, ignore=()) -> ParsedRows:
     "Read CSV rows (see `parse_rows`)."
     rows, rejected, skipped = [], [], []
     header = _column_order(schema)
@@ -311,7 +314,7 @@ def _parse_csv(text, schema: Schema, group: dict, extra_decimals: str, check_ran
             if len(fields) > len(header): raise _Reject(f"unknown column: {len(fields) - len(header)} values more than the header's {len(header)} columns")
             if len(fields) < len(header): raise _Reject(f"missing column: {header[len(fields)]!r} (the row has {len(fields)} of {len(header)} values)")
             pairs = [(n, v, q) for n, (v, q) in zip(header, fields)]
-            rows.append(_row_from_pairs(pairs, schema, group, extra_decimals, check_range))
+            rows.append(_row_from_pairs(pairs, schema, group, extra_decimals, check_range, ignore))
         except _Reject as e: rejected.append(dict(text=line, reason=str(e), line=i))
     return _parsed(rows, rejected, skipped, schema)
 

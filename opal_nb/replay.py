@@ -52,10 +52,11 @@ class ReplayGenerator(BaseGenerator):
             sensitive: list[str] | None = None, # sensitive columns, if any
             schema: Schema | None = None, # use this schema instead of inferring one
            ) -> ReplayGenerator:
-        "Infer (or take) the schema and parse the source; returns self."
+        "Infer (or take) the schema and parse the source (values of the columns the schema left out are dropped); returns self."
         self.schema_ = prepare_frame(df, target, sensitive, schema)[0]
         text, style = read_source(self.source, self.style)
-        self.parsed_ = parse_rows(text, self.schema_, style=style, extra_decimals=self.extra_decimals, check_range=self.check_range)
+        left_out = [c for c in df.columns if c not in self.schema_.columns]  # ID columns: rows written from the whole table carry them
+        self.parsed_ = parse_rows(text, self.schema_, style=style, extra_decimals=self.extra_decimals, check_range=self.check_range, ignore=left_out)
         self.rows_, self.rejected_, self.parse_rate_ = self.parsed_.rows, self.parsed_.rejected, self.parsed_.parse_rate
         return self.reset()
 

@@ -290,3 +290,73 @@ def test_replayed_rows_through_the_filter(diabetes):
     assert total.rows_in == 24
     assert total.dropped['copy'] == 4 and total.dropped['wrong_group'] == 0
     assert total.rows_kept >= 16
+
+
+# ---------------------------------------------------------------- column-wise checks agree with the value-by-value rules
+def _check_rows_value_by_value(df, schema):
+    "The reference: `_numeric_value` / `_level_value` on every value, as `_check_rows` did before it worked by column."
+    from opal_nb.filter import _level_value, _numeric_value
+    clean, problems = {}, [[] for _ in range(len(df))]
+    for name, spec in schema.columns.items():
+        lookup, vals = {lvl: lvl for lvl in spec.levels or []}, []
+        for i, v in enumerate(df[name].tolist()):
+            x, p = _numeric_value(v, spec) if spec.is_numeric else _level_value(v, lookup, spec)
+            vals.append(x)
+            if p: problems[i].append((name, p))
+        clean[name] = vals
+    return clean, problems
+
+
+def _same_values(a, b) -> bool:
+    return len(a) == len(b) and all(x == y or (pd.isna(x) and pd.isna(y)) for x, y in zip(a, b))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_check_rows_by_column_matches_value_by_value(mixed, data):
+    from opal_nb.filter import _check_rows
+    df, schema = mixed
+    numbers = [0.0, 1.5, 3.14159, -5.0, 1e9, float('inf'), float('-inf'), np.nan, 33.3, 98.7, 0.123456789, 50.0]
+    n = data.draw(st.integers(0, 12))
+    cols = {}
+    for c in schema.names:
+        if schema[c].is_numeric and data.draw(st.booleans()):  # a float column: checked as one array
+            cols[c] = pd.Series(data.draw(st.lists(st.sampled_from(numbers + df[c].dropna().tolist()[:5]), min_size=n, max_size=n)), dtype=float)
+        else: cols[c] = pd.Series(data.draw(st.lists(st.sampled_from(_pools(df, schema)[c]), min_size=n, max_size=n)), dtype=object)
+    frame = pd.DataFrame(cols)
+    clean, problems = _check_rows(frame, schema)
+    ref_clean, ref_problems = _check_rows_value_by_value(frame, schema)
+    assert problems == ref_problems
+    ok = [not p for p in problems]
+    for c in schema.names:
+        assert _same_values(pd.Series(clean[c], dtype=object)[ok].tolist(), pd.Series(ref_clean[c], dtype=object)[ok].tolist()), c
+
+
+def test_row_keys_by_column_match_row_by_row(mixed):
+    from opal_nb.filter import _is_missing
+    from opal_nb.core import _py
+    df, schema = mixed
+    frame = df.assign(nullable=pd.array([None if i % 7 == 0 else i for i in range(len(df))], dtype='Int64'),
+                      flag=np.arange(len(df)) % 2 == 0, code=np.arange(len(df)) % 3)
+    ref = [tuple(None if _is_missing(v) else _py(v) for v in row) for row in frame.itertuples(index=False, name=None)]
+    keys = row_keys(frame)
+    assert keys == ref
+    assert [tuple(map(type, k)) for k in keys] == [tuple(map(type, k)) for k in ref]  # plain Python values, same types
+    assert keys[0][frame.columns.get_loc('nullable')] is None and keys[0][frame.columns.get_loc('score')] in (None, frame.score[0])
+
+
+# ---------------------------------------------------------------- the near-copy threshold on a sample of real rows
+def test_dcr_sample_caps_the_leave_one_out_search(diabetes):
+    train, _, schema = diabetes
+    full = RowFilter(schema, dcr_sample=None).fit(train)
+    default = RowFilter(schema).fit(train)  # 309 rows, fewer than dcr_sample: every row, as before
+    np.testing.assert_array_equal(default.real_nn_distances_, full.real_nn_distances_)
+    assert len(full.real_nn_distances_) == len(train) and default.dcr_threshold_ == full.dcr_threshold_
+    few = RowFilter(schema, dcr_sample=100).fit(train)
+    again = RowFilter(schema, dcr_sample=100).fit(train.sample(frac=1, random_state=5))  # row order does not matter
+    assert len(few.real_nn_distances_) == 100 and few.dcr_threshold_ == again.dcr_threshold_
+    # a sampled row's distance is to its nearest other real row, not to itself: the distances are a subset of the full ones
+    assert np.isin(few.real_nn_distances_, full.real_nn_distances_).all() and (few.real_nn_distances_ > 0).all()
+    assert abs(np.median(few.real_nn_distances_) / np.median(full.real_nn_distances_) - 1) < 0.2
+    for bad in (0, -1, 2.5, True, '100'):
+        with pytest.raises(OPALInputError, match='dcr_sample must be an int >= 1 or None'): RowFilter(schema, dcr_sample=bad).fit(train)

@@ -280,3 +280,50 @@ def test_sklearn_clone_and_set_params():
     assert twin is not lm and twin.get_params() == lm.get_params()
     assert twin.set_params(steps=20).steps == 20
     with pytest.raises(OPALInputError, match="no parameter 'step'"): twin.set_params(step=5)
+
+
+# ---- encode_frame: column by column, the same ids as encode_value on every value ------------------
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_encode_frame_matches_encode_value(data):
+    n = data.draw(st.integers(2, 30))
+    df = pd.DataFrame({
+        'x': data.draw(st.lists(st.sampled_from([-12.5, -0.25, 0.0, 0.75, 3.0, 99.5, np.nan]), min_size=n, max_size=n)),
+        'k': data.draw(st.lists(st.integers(-3000, 3000), min_size=n, max_size=n)),
+        'c': data.draw(st.lists(st.sampled_from(['a', 'b', None, 'a b', '<x>']), min_size=n, max_size=n)),
+        'code': data.draw(st.lists(st.sampled_from([0, 1, 7]), min_size=n, max_size=n)),
+        'y': data.draw(st.lists(st.sampled_from(['no', 'yes']), min_size=n, max_size=n)),
+    })
+    df.loc[0, 'y'], df.loc[1, 'y'] = 'no', 'yes'  # two classes
+    schema = infer_schema(df, target='y', kinds={'code': 'categorical'})
+    codec = RowCodec(schema)
+    frame = df[schema.names]
+    assert codec.encode_frame(frame) == [tuple(codec.encode_value(i, v) for i, v in enumerate(r)) for r in frame.itertuples(index=False)]
+    as_text = frame.astype({'x': object, 'k': object})  # numbers held as objects: value by value, the same ids
+    assert codec.encode_frame(as_text) == codec.encode_frame(frame)
+
+
+def test_encode_frame_errors_name_the_value():
+    df = people()
+    codec = RowCodec(infer_schema(df, target='income'))
+    frame = df[codec.names]
+    with pytest.raises(OPALInputError, match=r"value 99\.0 of column 'delta' is outside its range"):
+        codec.encode_frame(frame.assign(delta=np.r_[frame.delta.iloc[:-1], 99.0]))
+    with pytest.raises(OPALInputError, match="column 'hours' has a missing value"):
+        codec.encode_frame(frame.assign(hours=np.r_[np.nan, frame.hours.iloc[1:]]))
+    with pytest.raises(OPALInputError, match=r"value 1\.234 of column 'delta' has more than 2 decimals"):
+        codec.encode_frame(frame.assign(delta=np.r_[1.234, frame.delta.iloc[1:]]), strict=True)
+    with pytest.raises(OPALInputError, match="value 'Other' of column 'sex' is not one of its levels"):
+        codec.encode_frame(frame.assign(sex=['Other', *frame.sex.iloc[1:]]))
+    rows, age = codec.encode_frame(frame), codec.names.index('age')
+    same = np.flatnonzero(frame.age.to_numpy() == frame.age.iloc[0])
+    assert len(same) > 1 and all(rows[i][age] is rows[0][age] for i in same)  # rows with the same value share its ids
+
+
+def test_steps_bound_training_on_a_table_larger_than_one_epoch():
+    # 40 rows in batches of 4: an epoch is 10 steps, more than steps=5, so training stops after 5 (it ran the whole epoch)
+    big = TabularLM(n_layer=1, n_embd=16, n_head=2, steps=5, batch_size=4, random_state=0, progress=False).fit(people(40), target='income')
+    assert big.n_steps_ == 5 and len(big.history_) == 1
+    # 12 rows: an epoch is 3 steps, so whole epochs up to the one reaching 5 steps, as before
+    small = TabularLM(n_layer=1, n_embd=16, n_head=2, steps=5, batch_size=4, random_state=0, progress=False).fit(people(12), target='income')
+    assert small.n_steps_ == 6 and len(small.history_) == 2

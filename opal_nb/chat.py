@@ -19,7 +19,46 @@ from .core import OPALInputError, BaseGenerator, Schema, validate_frame, infer_s
 from .prompt import check_text_schema, few_shot_messages, parse_rows, PromptTemplate
 
 # %% auto #0
-__all__ = ['ChatLMError', 'request_key', 'ResponseCache', 'OpenAIChat', 'LocalChat', 'tiny_chat_model', 'ChatLM', 'smollm2_path']
+__all__ = ['ChatLM', 'ChatLMError', 'request_key', 'ResponseCache', 'OpenAIChat', 'LocalChat', 'tiny_chat_model', 'smollm2_path']
+
+# %% ../nbs/03b_chat.ipynb #fe387ebe
+class ChatLM(BaseGenerator):
+    "Rows written by a chat model shown `n_examples` real rows of the group (OPAL's in-context generator)."
+    def __init__(self,
+                 model=None, # model name on the server; or, locally, a folder, a .gguf file or a (model, tokenizer) pair
+                 base_url: str | None = None, # OpenAI-compatible server, e.g. 'http://127.0.0.1:8000'; None: local model
+                 backend: str | None = None, # 'openai' or 'transformers'; default: 'openai' if base_url else 'transformers'
+                 api_key_env: str | None = 'OPENAI_API_KEY', # environment variable holding the API key (read per request, never stored)
+                 n_examples: int = 10, # real rows of the group shown per request (k)
+                 rows_per_request: int = 5, # new rows asked for per request (m)
+                 style: str = 'text', # row format of `opal_nb.prompt`
+                 template: PromptTemplate | None = None, # the prompt's messages (None: `opal_nb.prompt`'s default)
+                 topic: str = 'tabular data', # what the table is about, said in the prompt, e.g. 'census records'
+                 temperature: float = 1.0, # sampling temperature (0: greedy)
+                 top_p: float | None = None, # nucleus sampling (None: the server's default)
+                 max_tokens: int = 1024, # longest answer, in tokens
+                 extra_params: dict | None = None, # more request fields for the server (part of the cache key)
+                 timeout: float = 60.0, # seconds per HTTP request
+                 max_retries: int = 4, # retries per request after connection errors, timeouts, 429 and 5xx
+                 backoff: float = 1.0, # first retry waits about this long (seconds), doubling each time
+                 max_backoff: float = 30.0, # longest wait between retries
+                 max_concurrency: int = 4, # requests in flight at once (HTTP backend)
+                 max_requests: int | None = None, # request budget per `sample` call; None: 2 * ceil(n / rows_per_request) + 2
+                 cache_dir: str | Path | None = '.opal_cache/chat', # where answers are cached; None: no cache
+                 model_name: str | None = None, # name of the model in the cache key; default: `model`
+                 random_state: int | None = None, # seed of the examples shown and of the request seeds
+                ):
+        store = dict(locals()); store.pop('self')
+        for k, v in store.items(): setattr(self, k, v)
+
+    def __repr__(self) -> str:
+        where = f", base_url={self.base_url!r}" if self.base_url else ''
+        model = self.model if isinstance(self.model, (str, os.PathLike, type(None))) else type(self.model).__name__
+        return (f"ChatLM(model={str(model)!r}{where}, backend={self._backend_name()!r}, n_examples={self.n_examples}, "
+                f"rows_per_request={self.rows_per_request}, cache_dir={None if self.cache_dir is None else str(self.cache_dir)!r})")
+
+    def _backend_name(self) -> str: return self.backend or ('openai' if self.base_url else 'transformers')
+    def __getstate__(self): return {k: v for k, v in self.__dict__.items() if k not in ('_chat', '_lock')}
 
 # %% ../nbs/03b_chat.ipynb #37fabb8e
 class ChatLMError(RuntimeError):
@@ -248,45 +287,6 @@ def tiny_chat_model(folder: str | Path, # where to save the model and tokenizer
         model = LlamaForCausalLM(cfg)
     model.save_pretrained(folder); fast.save_pretrained(folder)
     return str(folder)
-
-# %% ../nbs/03b_chat.ipynb #fe387ebe
-class ChatLM(BaseGenerator):
-    "Rows written by a chat model shown `n_examples` real rows of the group (OPAL's in-context generator)."
-    def __init__(self,
-                 model=None, # model name on the server; or, locally, a folder, a .gguf file or a (model, tokenizer) pair
-                 base_url: str | None = None, # OpenAI-compatible server, e.g. 'http://127.0.0.1:8000'; None: local model
-                 backend: str | None = None, # 'openai' or 'transformers'; default: 'openai' if base_url else 'transformers'
-                 api_key_env: str | None = 'OPENAI_API_KEY', # environment variable holding the API key (read per request, never stored)
-                 n_examples: int = 10, # real rows of the group shown per request (k)
-                 rows_per_request: int = 5, # new rows asked for per request (m)
-                 style: str = 'text', # row format of `opal_nb.prompt`
-                 template: PromptTemplate | None = None, # the prompt's messages (None: `opal_nb.prompt`'s default)
-                 topic: str = 'tabular data', # what the table is about, said in the prompt, e.g. 'census records'
-                 temperature: float = 1.0, # sampling temperature (0: greedy)
-                 top_p: float | None = None, # nucleus sampling (None: the server's default)
-                 max_tokens: int = 1024, # longest answer, in tokens
-                 extra_params: dict | None = None, # more request fields for the server (part of the cache key)
-                 timeout: float = 60.0, # seconds per HTTP request
-                 max_retries: int = 4, # retries per request after connection errors, timeouts, 429 and 5xx
-                 backoff: float = 1.0, # first retry waits about this long (seconds), doubling each time
-                 max_backoff: float = 30.0, # longest wait between retries
-                 max_concurrency: int = 4, # requests in flight at once (HTTP backend)
-                 max_requests: int | None = None, # request budget per `sample` call; None: 2 * ceil(n / rows_per_request) + 2
-                 cache_dir: str | Path | None = '.opal_cache/chat', # where answers are cached; None: no cache
-                 model_name: str | None = None, # name of the model in the cache key; default: `model`
-                 random_state: int | None = None, # seed of the examples shown and of the request seeds
-                ):
-        store = dict(locals()); store.pop('self')
-        for k, v in store.items(): setattr(self, k, v)
-
-    def __repr__(self) -> str:
-        where = f", base_url={self.base_url!r}" if self.base_url else ''
-        model = self.model if isinstance(self.model, (str, os.PathLike, type(None))) else type(self.model).__name__
-        return (f"ChatLM(model={str(model)!r}{where}, backend={self._backend_name()!r}, n_examples={self.n_examples}, "
-                f"rows_per_request={self.rows_per_request}, cache_dir={None if self.cache_dir is None else str(self.cache_dir)!r})")
-
-    def _backend_name(self) -> str: return self.backend or ('openai' if self.base_url else 'transformers')
-    def __getstate__(self): return {k: v for k, v in self.__dict__.items() if k not in ('_chat', '_lock')}
 
 # %% ../nbs/03b_chat.ipynb #6f797faa
 @patch

@@ -489,7 +489,8 @@ def _atomic_csv(df: pd.DataFrame, path: Path) -> Path:
 
 def cache_path(cache_dir: str | Path, split: ExperimentSplit, name: str, method: PaperMethod, plan: str) -> Path:
     "The cache folder of one (data set, setting, seed, method) under `cache_dir`."
-    parts = [method.tag, method.reference, plan, split.n_real, len(split.test)]
+    varies = method.generate is not None or method.trainer == 'reweight'  # without rows or weights the plan changes nothing
+    parts = [method.tag, method.reference, plan if varies else 'any plan', split.n_real, len(split.test)]
     if method.trainer != 'plain' or not method.planned or split.sensitive: parts += [method.trainer, method.planned, list(split.sensitive)]
     key = json.dumps(parts)
     return Path(cache_dir) / f"{split.dataset}_{split.setting}_seed{split.seed}_{name}_{hashlib.sha1(key.encode()).hexdigest()[:10]}"

@@ -28,8 +28,52 @@ from .generate import TabularLM
 from .filter import RowFilter, FilterReport
 
 # %% auto #0
-__all__ = ['GENERATORS', 'coerce_like', 'ShortfallWarning', 'fill_groups', 'OPALOverSampler', 'make_generator', 'clone_generator',
+__all__ = ['GENERATORS', 'OPALOverSampler', 'coerce_like', 'ShortfallWarning', 'fill_groups', 'make_generator', 'clone_generator',
            'GroupOverSampler', 'OversampleResult', 'oversample']
+
+# %% ../nbs/05_oversample.ipynb #485f3237
+GENERATORS = {'tabular': 'opal_nb.generate.TabularLM', 'smol_icl': 'opal_nb.pretrained.SmolICL', # generators by name
+              'smol_tabular': 'opal_nb.pretrained.SmolTabular'}
+
+class OPALOverSampler(BaseOverSampler):
+    "Oversample classes or (label x sensitive) groups with rows written by a language model, filtered."
+
+    _parameter_constraints: dict = {
+        **BaseOverSampler._parameter_constraints,
+        "sampling_strategy": [Interval(numbers.Real, 0, 1, closed="right"),
+                              StrOptions({"auto", "minority", "not minority", "not majority", "all", "balance groups"}),
+                              dict, callable],
+        "generator": [None, StrOptions(set(GENERATORS)), HasMethods(["fit", "sample"])],
+        "sensitive": [None, str, list],
+        "row_filter": ["boolean", HasMethods(["fit", "filter"])],
+        "max_rounds": [Interval(numbers.Integral, 1, None, closed="left")],
+        "overshoot": [Interval(numbers.Real, 1, None, closed="left")],
+        "on_shortfall": [StrOptions({"warn", "raise"})],
+        "kinds": [None, dict],
+        "derived": [None, dict],
+        "progress": ["boolean"],
+    }
+    # with metadata routing on, `sensitive_features` given to `cross_validate(..., params=...)` reaches the sampler
+    __metadata_request__fit_resample = __metadata_request__fit = {"sensitive_features": True}
+
+    def __init__(self,
+                 generator=None, # a generator (`TabularLM`, `ChatLM`, `ReplayGenerator`...), or a name of `GENERATORS`; None: a `TabularLM`
+                 sampling_strategy='auto', # imbalanced-learn's forms, or 'balance groups'
+                 random_state=None, # seed: the same seed gives the same rows
+                 sensitive=None, # names of sensitive columns of X (works inside a Pipeline)
+                 row_filter=True, # True: the default `RowFilter`; False: none; or a `RowFilter`
+                 max_rounds: int = 10, # generate+filter rounds per group at most
+                 overshoot: float = 1.25, # rows asked per round, as a multiple of those missing
+                 on_shortfall: str = 'warn', # 'warn' or 'raise' when a group cannot be filled
+                 kinds=None, # override inferred column kinds, e.g. {'sex': 'categorical'}
+                 progress: bool = True, # progress bars
+                 derived=None, # attributes defined by a column of X: {name: (column, threshold)}, True where column > threshold
+                ):
+        self.generator, self.sampling_strategy, self.random_state = generator, sampling_strategy, random_state
+        self.sensitive, self.row_filter, self.max_rounds, self.overshoot = sensitive, row_filter, max_rounds, overshoot
+        self.on_shortfall, self.kinds, self.progress, self.derived = on_shortfall, kinds, progress, derived
+
+    def _fit_resample(self, X, y, **kwargs): return self.fit_resample(X, y, **kwargs)
 
 # %% ../nbs/05_oversample.ipynb #b31c44a4
 def _as_frame(X) -> tuple[pd.DataFrame, str]:
@@ -108,7 +152,7 @@ def _rows_to_add(counts: pd.Series, # rows per group, from `group_counts`
 @dataclass
 class _Prepared:
     "The caller's X, y and sensitive features as one frame, and what is needed to hand results back in their types."
-    df: pd.DataFrame # X's columns, sensitive columns from outside X, then the target
+    df: pd.DataFrame # X's columns, sensitive columns from outside X, derived attributes, then the target
     model_df: pd.DataFrame # the schema's columns of `df` at its precision: what generators and filters are fitted on
     x_columns: list # the columns of X, in order
     target: str # the target's name inside `df`
@@ -121,6 +165,27 @@ class _Prepared:
     labels: np.ndarray # one label per row
     one_hot: bool # y came one-hot encoded
 
+def _derived_frame(X: pd.DataFrame, derived: dict | None, outside: pd.DataFrame) -> pd.DataFrame:
+    "The declared attributes `{name: (column, threshold)}` of X's rows: True where the column is above the threshold."
+    out = {}
+    for name, spec in (derived or {}).items():
+        if not (isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], numbers.Real)):
+            raise OPALInputError(f"derived attribute {name!r} must be (column, threshold), e.g. ('skin', 0) for skin > 0; got {spec!r}")
+        col, threshold = spec
+        if name in X.columns or name in outside.columns: raise OPALInputError(f"derived attribute {name!r} has the name of a column: name it differently, e.g. {str(name) + '_positive'!r}")
+        if col not in X.columns: raise OPALInputError(f"derived attribute {name!r} reads column {col!r}, which is not a column of X; its columns are {list(X.columns)}")
+        if not pd.api.types.is_numeric_dtype(X[col]) or pd.api.types.is_bool_dtype(X[col]): raise OPALInputError(f"derived attribute {name!r}: column {col!r} is not numeric")
+        if X[col].isna().any(): raise OPALInputError(f"derived attribute {name!r}: column {col!r} has {int(X[col].isna().sum())} missing values; fill or drop them first")
+        out[name] = X[col] > threshold
+    return pd.DataFrame(out, index=X.index)
+
+def _agrees(rows: pd.DataFrame, derived: dict | None) -> np.ndarray:
+    "True for the rows whose derived attributes agree with the columns they are defined by."
+    ok = np.ones(len(rows), dtype=bool)
+    for name, (col, threshold) in (derived or {}).items():
+        ok &= (pd.to_numeric(rows[col]) > threshold).to_numpy() == rows[name].astype(bool).to_numpy()
+    return ok
+
 def _prepare(sampler, X, y, sensitive_features) -> _Prepared:
     "Check everything, build the frame, set `schema_`, `sampling_strategy_` and the feature attributes."
     sampler._validate_params()
@@ -132,7 +197,9 @@ def _prepare(sampler, X, y, sensitive_features) -> _Prepared:
     sens, sf = _sensitive_frame(Xf, sensitive_features, sampler.sensitive)
     for s in sens:
         if s not in Xf.columns and s not in sf.columns: raise OPALInputError(f"sensitive column {s!r} is not a column of X; its columns are {list(Xf.columns)}")
-    df = pd.concat([Xf, sf, pd.Series(labels, name=target)], axis=1)
+    derived = _derived_frame(Xf, getattr(sampler, 'derived', None), sf)
+    sens = [*sens, *[c for c in derived.columns if c not in sens]]
+    df = pd.concat([Xf, sf, derived, pd.Series(labels, name=target)], axis=1)
     sampler.schema_, model_df = prepare_frame(df, target, sens, kinds=sampler.kinds)
     if getattr(sampler, 'method', None) == 'smote' and Xf.isna().any().any():
         raise OPALInputError(f"column {Xf.columns[Xf.isna().any()][0]!r} has missing values (NaN), which SMOTE cannot interpolate: "
@@ -204,6 +271,7 @@ def fill_groups(generator, # a fitted generator (`fit` then `sample(n, group=...
                 on_shortfall: str = 'warn', # 'warn' or 'raise' when a group is not filled
                 random_state: int | None = None, # seed for the generator's calls (a new one each call)
                 progress: bool = True, # show a progress bar
+                keep=None, # rows -> boolean mask of the filtered rows to keep (e.g. derived attributes that agree with their column)
                ) -> tuple[pd.DataFrame, FilterReport | None]:
     "Generate and filter rows until each group in `need` has its count; returns the rows and the filter report."
     if on_shortfall not in ('warn', 'raise'): raise OPALInputError(f"on_shortfall must be 'warn' or 'raise', got {on_shortfall!r}")
@@ -221,6 +289,7 @@ def fill_groups(generator, # a fitted generator (`fit` then `sample(n, group=...
                 rows, report = row_filter.filter(rows, group=group, rejected=getattr(generator, 'rejected_', None))
                 reports.append(report)
             else: rows = rows[_in_group(rows, group)]
+            if keep is not None: rows = rows[np.asarray(keep(rows), dtype=bool)]
             rows = rows.iloc[:n - got]
             parts.append(rows); got += len(rows); bar.update(len(rows))
             if got >= n: break
@@ -231,48 +300,6 @@ def fill_groups(generator, # a fitted generator (`fit` then `sample(n, group=...
     bar.close()
     out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=generator.schema_.names)
     return out, (FilterReport.combine(reports) if reports else None)
-
-# %% ../nbs/05_oversample.ipynb #485f3237
-GENERATORS = {'tabular': 'opal_nb.generate.TabularLM', 'smol_icl': 'opal_nb.pretrained.SmolICL', # generators by name
-              'smol_tabular': 'opal_nb.pretrained.SmolTabular'}
-
-class OPALOverSampler(BaseOverSampler):
-    "Oversample classes or (label x sensitive) groups with rows written by a language model, filtered."
-
-    _parameter_constraints: dict = {
-        **BaseOverSampler._parameter_constraints,
-        "sampling_strategy": [Interval(numbers.Real, 0, 1, closed="right"),
-                              StrOptions({"auto", "minority", "not minority", "not majority", "all", "balance groups"}),
-                              dict, callable],
-        "generator": [None, StrOptions(set(GENERATORS)), HasMethods(["fit", "sample"])],
-        "sensitive": [None, str, list],
-        "row_filter": ["boolean", HasMethods(["fit", "filter"])],
-        "max_rounds": [Interval(numbers.Integral, 1, None, closed="left")],
-        "overshoot": [Interval(numbers.Real, 1, None, closed="left")],
-        "on_shortfall": [StrOptions({"warn", "raise"})],
-        "kinds": [None, dict],
-        "progress": ["boolean"],
-    }
-    # with metadata routing on, `sensitive_features` given to `cross_validate(..., params=...)` reaches the sampler
-    __metadata_request__fit_resample = __metadata_request__fit = {"sensitive_features": True}
-
-    def __init__(self,
-                 generator=None, # a generator (`TabularLM`, `ChatLM`, `ReplayGenerator`...), or a name of `GENERATORS`; None: a `TabularLM`
-                 sampling_strategy='auto', # imbalanced-learn's forms, or 'balance groups'
-                 random_state=None, # seed: the same seed gives the same rows
-                 sensitive=None, # names of sensitive columns of X (works inside a Pipeline)
-                 row_filter=True, # True: the default `RowFilter`; False: none; or a `RowFilter`
-                 max_rounds: int = 10, # generate+filter rounds per group at most
-                 overshoot: float = 1.25, # rows asked per round, as a multiple of those missing
-                 on_shortfall: str = 'warn', # 'warn' or 'raise' when a group cannot be filled
-                 kinds=None, # override inferred column kinds, e.g. {'sex': 'categorical'}
-                 progress: bool = True, # progress bars
-                ):
-        self.generator, self.sampling_strategy, self.random_state = generator, sampling_strategy, random_state
-        self.sensitive, self.row_filter, self.max_rounds, self.overshoot = sensitive, row_filter, max_rounds, overshoot
-        self.on_shortfall, self.kinds, self.progress = on_shortfall, kinds, progress
-
-    def _fit_resample(self, X, y, **kwargs): return self.fit_resample(X, y, **kwargs)
 
 # %% ../nbs/05_oversample.ipynb #d68b4d5c
 def make_generator(generator=None, # None, a name of `GENERATORS`, or a generator object (returned as is)
@@ -322,8 +349,14 @@ def fit_resample(self: OPALOverSampler, X, y, *, sensitive_features=None):
     gen = make_generator(self.generator, random_state=self.random_state, progress=self.progress)
     self.generator_ = clone_generator(gen, self.random_state)
     self.generator_.fit(inp.model_df, target=inp.target, sensitive=inp.sensitive, schema=self.schema_)
+    self.derived_disagreements_ = 0
+    def keep(rows):  # a row written for `skin > 0` must have skin > 0
+        ok = _agrees(rows, self.derived)
+        self.derived_disagreements_ += int((~ok).sum())
+        return ok
     synth, self.filter_report_ = fill_groups(self.generator_, inp.need, [inp.target, *inp.sensitive], _row_filter(self, inp.model_df),
-                                             self.max_rounds, self.overshoot, self.on_shortfall, self.random_state, self.progress)
+                                             self.max_rounds, self.overshoot, self.on_shortfall, self.random_state, self.progress,
+                                             keep if self.derived else None)
     return _finish(self, inp, synth)
 
 # %% ../nbs/05_oversample.ipynb #300822fd
@@ -346,9 +379,10 @@ class GroupOverSampler(BaseOverSampler):
                  sensitive=None, # names of sensitive columns of X
                  k_neighbors: int = 5, # SMOTE's neighbours (shrunk for small groups)
                  kinds=None, # override inferred column kinds
+                 derived=None, # attributes defined by a column of X, as in `OPALOverSampler`
                 ):
         self.method, self.sampling_strategy, self.random_state = method, sampling_strategy, random_state
-        self.sensitive, self.k_neighbors, self.kinds = sensitive, k_neighbors, kinds
+        self.sensitive, self.k_neighbors, self.kinds, self.derived = sensitive, k_neighbors, kinds, derived
 
     def _fit_resample(self, X, y, **kwargs): return self.fit_resample(X, y, **kwargs)
 

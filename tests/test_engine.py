@@ -105,3 +105,21 @@ def test_no_minority_group_is_a_clear_error():
     df = pd.DataFrame({'x': np.arange(8.0), 'y': [0, 1] * 4})
     split = ExperimentSplit('even', 'table', 0, df, df, 'y')
     with pytest.raises(OPALInputError, match="no minority group to fill"): minority_groups(split)
+
+
+PAPER = __import__('pathlib').Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'opal-paper'
+
+
+@pytest.mark.skipif(not PAPER.is_dir(), reason="the paper's release is not beside the project")
+def test_derived_attribute_rows_agree_with_their_column():
+    from opal_nb.experiments import split_from_paper
+    split = split_from_paper(PAPER, 'openmlDiabetes', 'spurious', 1)
+    X, y = split.train.drop(columns=split.target), split.train[split.target]
+    s = OPALOverSampler(TabularLM(**TINY), derived={'skin_positive': ('skin', 0)}, random_state=1, progress=False)
+    X_res, y_res = s.fit_resample(X, y)
+    new = s.synthetic_
+    assert list(X_res.columns) == list(X.columns) and len(new) == s.group_counts_['after'].sum() - len(X)
+    assert ((new.skin > 0) == new.skin_positive).all()  # not one generated row on the other side of its group
+    assert s.derived_disagreements_ >= 0
+    smote = GroupOverSampler('smote', derived={'skin_positive': ('skin', 0)}, random_state=1).fit_resample(X, y)
+    assert len(smote[0]) == len(X) + sum(s.sampling_strategy_.values())  # group SMOTE fills the same groups with the counts OPAL was asked for

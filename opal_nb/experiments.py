@@ -445,8 +445,8 @@ def split_metrics(split: ExperimentSplit, # gives the test rows, target and grou
 
 # %% ../nbs/07_experiments.ipynb #ca2f978e
 def k_rows(k: float, n_real: int) -> int:
-    "Synthetic rows added at step k: `k * R / 5` (k may be fractional, as `fill_size` gives)."
-    return int(math.floor(k * n_real / 5 + 1e-9))
+    "Synthetic rows added at step k: `k * R / 5`, rounded up (k may be fractional: `fill_size` and `scaling_study` give such k)."
+    return int(math.ceil(k * n_real / 5 - 1e-9))
 
 def evaluate_rows(split: ExperimentSplit, # the split
                   synthetic: pd.DataFrame | None, # synthetic rows in the order they are added; None: none

@@ -27,7 +27,7 @@ FORBIDDEN = [(re.compile(re.escape(str(root))), 'the repository path'),
              (re.compile(re.escape(str(Path.home())) + '/'), 'the home directory'),
              (re.compile(r'Wall time:|CPU times:'), 'a timing'),
              (re.compile(r'IProgress not found'), 'an "IProgress not found" warning'),
-             (re.compile(r'\bsk-[A-Za-z0-9_-]{20,}|\bhf_[A-Za-z0-9]{30,}'), 'what looks like an API key')]
+             (re.compile(r'\bsk-(?:proj-)?[A-Za-z0-9]{20,}|\bhf_[A-Za-z0-9]{30,}'), 'what looks like an API key')]
 REFRESH = './dev docs'
 
 def text(v) -> str: return ''.join(v) if isinstance(v, list) else str(v)

@@ -81,12 +81,13 @@ JS_STATE = """() => {
     images: [...document.querySelectorAll('.jp-OutputArea-output img')].map(i => i.complete && i.naturalWidth > 0),
     figure_cells: code.filter(c => (c.outputs || []).some(o => o.data && o.data['image/png'])).length,
     tables: document.querySelectorAll('.jp-OutputArea-output table').length,
-    progress_bars: document.querySelectorAll('.jp-OutputArea-output .widget-progress, .jp-OutputArea-output progress').length,
+    progress_bars: document.querySelectorAll('.jp-OutputArea-output .widget-hprogress, .jp-OutputArea-output .widget-progress, .jp-OutputArea-output progress').length,  // ipywidgets 8: widget-hprogress
   };
 }"""
 
 def check_quickstart(notebook: str = 'tutorials/01_quickstart.ipynb', timeout: float = 1800,
-                     screenshot: Path = root / 'nbs/images/screenshots/quickstart_jupyterlab.png') -> list[str]:
+                     screenshot: Path = root / 'nbs/images/screenshots/quickstart_jupyterlab.png',
+                     min_progress_bars: int = 1) -> list[str]:
     "Run `notebook` (a path inside nbs/) in JupyterLab; the failures a reader would see"
     from playwright.sync_api import sync_playwright, TimeoutError as PlaywrightTimeout
     with tempfile.TemporaryDirectory(prefix='opal-lab-') as tmp:
@@ -120,6 +121,8 @@ def check_quickstart(notebook: str = 'tutorials/01_quickstart.ipynb', timeout: f
                     fails = [f'a cell shows an error: {e}' for e in s['errors']]
                     if s['unrun']: fails.append(f"{s['unrun']} code cell(s) did not run")
                     if s['iprogress']: fails.append('"IProgress not found" shows (ipywidgets is missing from the kernel environment)')
+                    if s['progress_bars'] < min_progress_bars:
+                        fails.append(f"{s['progress_bars']} progress bar(s) render as widgets, {min_progress_bars} expected (tqdm fell back to text?)")
                     if s['widget_errors']: fails.append('a widget failed to display ("Error displaying widget")')
                     if not s['images']: fails.append('no figure shows in the outputs')
                     fails += [f'figure {i} did not render' for i, ok in enumerate(s['images']) if not ok]
@@ -143,8 +146,9 @@ def main(argv=None) -> int:
     ap.add_argument('--notebook', default='tutorials/01_quickstart.ipynb', help='path inside nbs/')
     ap.add_argument('--timeout', type=float, default=1800, help='seconds to wait for all cells to run')
     ap.add_argument('--screenshot', type=Path, default=root / 'nbs/images/screenshots/quickstart_jupyterlab.png')
+    ap.add_argument('--min-progress-bars', type=int, default=1, help='progress bars that must render as widgets (the quickstart shows 2)')
     a = ap.parse_args(argv)
-    fails = check_quickstart(a.notebook, a.timeout, a.screenshot)
+    fails = check_quickstart(a.notebook, a.timeout, a.screenshot, a.min_progress_bars)
     for f in fails: print(f'- {f}', file=sys.stderr)
     print('JupyterLab check: ' + ('FAILED' if fails else 'ok'))
     return 1 if fails else 0

@@ -22,13 +22,15 @@ root = Path(__file__).resolve().parents[1]
 nbs = root / 'nbs'
 PAPER_NBS = r'^(02_imbalanced|03_spurious|04_scaling)'
 WIDGET = 'application/vnd.jupyter.widget-view+json'
-# one tqdm refresh: "desc:  40%|####      | 4/10 [00:01<00:02,  2.9it/s]" (also without a total: "12it [00:01, 9.5it/s]")
-TQDM = re.compile(r'(\d+%\|.*\|\s*\S+/\S+\s*\[|\d+it\s*\[)[^\]]*(it/s|s/it|\?)\]?')
+# one tqdm refresh: "desc:  40%|####      | 4/10 [00:01<00:02,  2.9it/s]" (also without a total: "12it [00:01, 9.5it/s]",
+# and with a unit of its own: "generating rows: 57%|#####7    | 107/187 [00:00<00:00, 224.98row/s]")
+TQDM = re.compile(r'(\d+%\|.*\|\s*\S+/\S+\s*\[|\d+\w*\s*\[)[^\]]*(\w+/s|s/\w+|\?)\]?')  # any unit: it/s, row/s, s/step
 FORBIDDEN = [(re.compile(re.escape(str(root))), 'the repository path'),
              (re.compile(re.escape(str(Path.home())) + '/'), 'the home directory'),
              (re.compile(r'Wall time:|CPU times:'), 'a timing'),
              (re.compile(r'IProgress not found'), 'an "IProgress not found" warning'),
              (re.compile(r'\bsk-(?:proj-)?[A-Za-z0-9]{20,}|\bhf_[A-Za-z0-9]{30,}'), 'what looks like an API key')]
+ANSI = re.compile(r'\x1b\[[0-9;?]*[A-Za-z]')  # terminal control (tqdm moves the cursor up to redraw nested bars)
 REFRESH = './dev docs'
 # Notebooks whose outputs cannot repeat from run to run, and why. Their cells are compared by the kinds of output they
 # show (a table where a table was committed, a figure where a figure was), not by the text. Keep this list short.
@@ -53,7 +55,8 @@ def strip_progress(s: str) -> str:
     "`s` without its tqdm refreshes: the pieces between carriage returns and newlines that are progress bars"
     keep = []
     for line in s.split('\n'):
-        parts = [p for p in line.split('\r') if p.strip() and not TQDM.search(p)]
+        parts = [ANSI.sub('', p) for p in line.split('\r')]
+        parts = [p for p in parts if p.strip() and not TQDM.search(p)]  # a bar, or what is left when a nested bar clears
         if parts: keep.append(parts[-1])
         elif not line.strip(): keep.append('')
     out = '\n'.join(keep)

@@ -175,7 +175,8 @@ def test_order_by_plan_property(plan, n0, n1):
 
 @given(st.integers(1, 500), st.integers(0, 5))
 def test_k_rows(n_real, k):
-    assert k_rows(k, n_real) == k * n_real // 5 and k_rows(5, n_real) == n_real
+    assert k_rows(k, n_real) == -(-k * n_real // 5) and k_rows(5, n_real) == n_real  # rounded up
+    assert k_rows(5 * k / n_real, n_real) == k  # a fractional k that names k rows gives them exactly
 
 
 @settings(max_examples=20, deadline=None)

@@ -27,13 +27,13 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 
 from fastcore.basics import patch
-from .core import OPALInputError, Schema, infer_column, _as_list, _py
+from .core import OPALInputError, Schema, infer_column, cramers_v, _as_list, _py
 
 # %% auto #0
 __all__ = ['OTHER_LEVEL', 'spurious_groups', 'group_errors', 'closest_distances', 'feature_kinds', 'known_levels',
-           'classifier_pipeline', 'detection_auc', 'QualityReport', 'synthetic_quality', 'unpenalized_logistic',
-           'default_classifiers', 'with_seed', 'resample', 'errors_to_rows', 'summarize', 'plot_group_errors',
-           'plot_error_vs_rows', 'plot_distributions']
+           'classifier_pipeline', 'detection_auc', 'QualityReport', 'synthetic_quality', 'ResampleDiagnostics',
+           'resample_diagnostics', 'unpenalized_logistic', 'default_classifiers', 'with_seed', 'resample',
+           'errors_to_rows', 'summarize', 'plot_group_errors', 'plot_error_vs_rows', 'plot_distributions']
 
 # %% ../nbs/06_evaluate.ipynb #6cb17f4c
 def _as_groups(groups, n: int) -> pd.Series | pd.DataFrame:
@@ -350,6 +350,46 @@ def _correlation_difference(real: pd.DataFrame, synthetic: pd.DataFrame, numeric
     upper = np.triu_indices(len(numeric), 1)
     d = np.abs(a[upper] - b[upper])
     return float(np.nanmean(d)) if np.isfinite(d).any() else float('nan')
+
+# %% ../nbs/06_evaluate.ipynb #1bc8ebd1
+@dataclass
+class ResampleDiagnostics:
+    "Where a sampler's rows landed, how far its written rows are from their group's real rows, and the label association."
+    groups: pd.DataFrame # per group: real, written, copied, median distance written -> real and real -> real, their ratio
+    association: pd.DataFrame # per sensitive column: Cramér's V with the label before and after
+
+    def _repr_markdown_(self) -> str:
+        return (_markdown_table(self.groups) + "\n\nCramér's V between the label and each sensitive column:\n\n"
+                + _markdown_table(self.association))
+
+def resample_diagnostics(sampler, # a fitted `OPALOverSampler` or `GroupOverSampler`
+                         X_res, # its X output (real rows first)
+                         y_res, # its y output
+                        ) -> ResampleDiagnostics:
+    "Rows per group (real, written, copied), distance of the written rows to their group's real rows, and Cramér's V before and after."
+    added = np.asarray(sampler.synthetic_mask_, dtype=bool)
+    written = getattr(sampler, 'generated_mask_', None)
+    if written is None: written = added if getattr(sampler, 'method', None) == 'smote' else np.zeros_like(added)
+    X = X_res.reset_index(drop=True) if isinstance(X_res, pd.DataFrame) else pd.DataFrame(np.asarray(X_res), columns=list(sampler.schema_.names)[:np.shape(X_res)[1]])
+    schema, target = sampler.schema_, sampler.schema_.target
+    y = pd.Series(np.asarray(y_res), name=target)
+    sens = sampler.sensitive_features_resampled_
+    sens = pd.DataFrame(index=X.index) if sens is None else sens.reset_index(drop=True)
+    keys = pd.concat([y, sens], axis=1)
+    feats = [c for c in schema.names if c in X.columns and c != target]
+    kinds = {c: schema[c].kind for c in feats}
+    rows = []
+    for key, idx in keys.groupby(list(keys.columns), sort=True).indices.items():
+        key = key if isinstance(key, tuple) else (key,)
+        m = np.zeros(len(X), bool); m[idx] = True
+        real, new = X.loc[m & ~added, feats], X.loc[m & written, feats]
+        to_real = float(np.median(closest_distances(real, new, kinds))) if len(real) and len(new) else np.nan
+        among = float(np.median(closest_distances(real, real, kinds, exclude_self=True))) if len(real) > 1 else np.nan
+        rows.append({**dict(zip(keys.columns, (_py(k) for k in key))), 'real': int((m & ~added).sum()), 'written': int((m & written).sum()),
+                     'copied': int((m & added & ~written).sum()), 'written_to_real': to_real, 'real_to_real': among,
+                     'ratio': to_real / among if among else np.nan})
+    assoc = [dict(column=c, before=cramers_v(y[~added], sens[c][~added]), after=cramers_v(y, sens[c])) for c in sens.columns]
+    return ResampleDiagnostics(pd.DataFrame(rows), pd.DataFrame(assoc, columns=['column', 'before', 'after']))
 
 # %% ../nbs/06_evaluate.ipynb #7234f051
 def unpenalized_logistic(max_iter: int = 10_000, # solver iterations

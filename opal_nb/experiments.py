@@ -22,7 +22,7 @@ from .core import OPALInputError, IDColumnWarning, infer_schema, prepare_frame, 
 from .data import PAPER_DATASETS, PAPER_CLASSIFIERS, PaperSplit, ProtocolSplit, paper_split, binarize_attribute
 from .generate import TabularLM
 from .filter import RowFilter
-from .oversample import GroupOverSampler, fill_groups, ShortfallWarning
+from .oversample import GroupOverSampler, fill_groups, ShortfallWarning, generated_count, GENERATED_SHARE
 from .evaluate import (group_errors, errors_to_rows, unpenalized_logistic, default_classifiers, classifier_pipeline,
                               feature_kinds, known_levels, with_seed, resample, summarize)
 
@@ -31,10 +31,11 @@ __all__ = ['PAPER_METHODS', 'TRAINERS', 'FAST_METHODS', 'USER_METHODS', 'FAIRLEA
            'EVERY_K', 'RESULTS_FILE', 'ExperimentSplit', 'split_from_protocol', 'split_from_paper', 'split_from_table',
            'group_columns', 'with_group_column', 'row_groups', 'plan_counts', 'minority_groups', 'fill_size',
            'group_plan', 'order_by_plan', 'PaperMethod', 'duplicate_rows', 'smote_rows', 'released_rows',
-           'generator_rows', 'tabular_rows', 'smol_icl_rows', 'smol_tabular_rows', 'paper_methods', 'plan_weights',
-           'fit_predict', 'boosting_backend', 'boosting_classifier', 'paper_classifiers', 'split_metrics', 'k_rows',
-           'evaluate_rows', 'cache_path', 'run_method', 'run_paper', 'sampler_method', 'compare_methods',
-           'cached_results', 'error_table', 'paper_data_dir', 'fit_power_law', 'scaling_study']
+           'generator_rows', 'tabular_rows', 'smol_icl_rows', 'smol_tabular_rows', 'share_plan', 'mixed_rows',
+           'paper_methods', 'plan_weights', 'fit_predict', 'boosting_backend', 'boosting_classifier',
+           'paper_classifiers', 'split_metrics', 'k_rows', 'evaluate_rows', 'cache_path', 'run_method', 'run_paper',
+           'sampler_method', 'compare_methods', 'cached_results', 'error_table', 'paper_data_dir', 'fit_power_law',
+           'scaling_study']
 
 # %% ../nbs/07_experiments.ipynb #afa00b8a
 @dataclass
@@ -269,7 +270,8 @@ def generator_rows(split: ExperimentSplit, plan: list[tuple], seed: int,
                 key = k + tuple(fixed[k[1]] for _ in extra)
                 rows.append(fill_groups(lm, {key: n}, cols + extra, row_filter, max_rounds=max_rounds, random_state=seed + attempt, progress=False)[0])
             rows = pd.concat(rows, ignore_index=True)
-        if len(cols) > 1: rows = rows[with_group_column(split, rows)[cols[1]].to_numpy() == rows[cols[1]].astype('int64').to_numpy()]
+        if split.attribute is not None:  # a row written for skin > 0 must have skin > 0 (sensitive columns are exact already)
+            rows = rows[with_group_column(split, rows)[cols[1]].to_numpy() == rows[cols[1]].astype('int64').to_numpy()]
         parts.append(rows)
         got = plan_counts(row_groups(split, rows))
         need = {k: n - got.get(k, 0) for k, n in need.items() if n > got.get(k, 0)}
@@ -304,9 +306,36 @@ def smol_tabular_rows(split: ExperimentSplit, plan: list[tuple], seed: int,
     from opal_nb.pretrained import SmolTabular
     return generator_rows(split, plan, seed, SmolTabular(**{'progress': False, **params, 'random_state': seed}), max_rounds, attempts)
 
+# %% ../nbs/07_experiments.ipynb #23212eb2
+def share_plan(plan: list[tuple], # the group of each planned row, in order
+               share: float, # share of each group's rows to write (the rest are copied)
+              ) -> list[bool]:
+    "True for the plan's entries a generator writes, False for those copied: every group's first j entries hold `generated_count(j, share)` written ones."
+    seen, out = {}, []
+    for k in plan:
+        j = seen.get(k, 0)
+        out.append(generated_count(j + 1, share) > generated_count(j, share))
+        seen[k] = j + 1
+    return out
+
+def mixed_rows(split: ExperimentSplit, plan: list[tuple], seed: int,
+               generate: Callable, # (split, plan, seed) -> rows of the plan's groups, e.g. `tabular_rows`
+               share: float, # share of each group's rows `generate` writes; the rest are copies (`duplicate_rows`)
+              ) -> pd.DataFrame:
+    "Rows of `plan` in its order: a `share` of each group's written by `generate`, the others copies of the group's real rows."
+    written = share_plan(plan, share)
+    parts = {}
+    for flag, make in ((True, generate), (False, duplicate_rows)):
+        sub = [k for k, w in zip(plan, written) if w == flag]
+        rows = order_by_plan(split, make(split, sub, seed), sub) if sub else split.train.iloc[:0]
+        parts[flag] = {}
+        for i, k in enumerate(row_groups(split, rows)): parts[flag].setdefault(k, []).append(rows.iloc[i])
+    out = [parts[w][k].pop(0) for k, w in zip(plan, written) if parts[w].get(k)]
+    return pd.DataFrame(out, columns=split.train.columns).reset_index(drop=True).astype(split.train.dtypes.to_dict())
+
 # %% ../nbs/07_experiments.ipynb #540b2adf
 FAST_METHODS = ('none', 'duplicate', 'smote', 'opal_gpt4', 'opal_tabular') # what `run_paper` runs by default
-USER_METHODS = ('none', 'reweight', 'duplicate', 'smote', 'fair_reduction', 'fair_threshold', 'opal_tabular') # what a user tries instead
+USER_METHODS = ('none', 'reweight', 'duplicate', 'smote', 'fair_reduction', 'fair_threshold', 'opal_tabular', 'opal') # what a user tries instead
 FAIRLEARN_METHODS = ('fair_reduction', 'fair_threshold') # they need an attribute: not run in the imbalanced setting
 
 def _tag(params: dict) -> str: return json.dumps(params, sort_keys=True, default=lambda o: type(o).__name__)
@@ -314,10 +343,13 @@ def _tag(params: dict) -> str: return json.dumps(params, sort_keys=True, default
 def paper_methods(tabular: dict | None = None, # TabularLM arguments for `opal_tabular` (default: its defaults)
                   smol_icl: dict | None = None, # SmolICL arguments for `opal_smol_icl`
                   smol_tabular: dict | None = None, # SmolTabular arguments for `opal_smol_ft`
+                  share: float | None = None, # `opal`'s share of written rows (None: `OPALOverSampler`'s default, `GENERATED_SHARE`)
                  ) -> dict[str, PaperMethod]:
     "The experiment's methods: the paper's, the offline generators, and what a user would try instead (reweighting, fairlearn)."
     tabular, smol_icl, smol_tabular = dict(tabular or {}), dict(smol_icl or {}), dict(smol_tabular or {})
+    share = GENERATED_SHARE if share is None else float(share)
     tab = lambda split, plan, seed: tabular_rows(split, plan, seed, **tabular)
+    mix = lambda split, plan, seed: mixed_rows(split, plan, seed, tab, share)
     icl = lambda split, plan, seed: smol_icl_rows(split, plan, seed, **smol_icl)
     ft = lambda split, plan, seed: smol_tabular_rows(split, plan, seed, **smol_tabular)
     return {
@@ -331,7 +363,9 @@ def paper_methods(tabular: dict | None = None, # TabularLM arguments for `opal_t
         'fair_threshold': PaperMethod(None, tag='v1', trainer='threshold_optimizer',
                                       description="fairlearn's ThresholdOptimizer (equalized odds) on the attribute"),
         'opal_gpt4': PaperMethod(released_rows, 'focus', 'v1', "the paper's released GPT-4 Turbo rows (CSV order)"),
-        'opal_tabular': PaperMethod(tab, 'focus', 'v1 ' + _tag(tabular), 'TabularLM trained on the R real rows'),
+        'opal_tabular': PaperMethod(tab, 'focus', 'v1 ' + _tag(tabular), 'TabularLM trained on the R real rows, writing every row'),
+        'opal': PaperMethod(mix, 'focus', f'v1 share={share} ' + _tag(tabular),
+                            f"OPALOverSampler's defaults: TabularLM writes {share:.0%} of each group's rows, the rest are copies of its real rows"),
         'opal_smol_icl': PaperMethod(icl, 'focus', 'v1 ' + _tag(smol_icl), 'SmolLM2-135M-Instruct in context, shown real rows of the group'),
         'opal_smol_ft': PaperMethod(ft, 'focus', 'v2 ' + _tag(smol_tabular), 'SmolLM2-135M-Instruct fine-tuned (LoRA) on the R real rows'),
     }

@@ -28,10 +28,12 @@ from .generate import TabularLM
 from .filter import RowFilter, FilterReport
 
 # %% auto #0
-__all__ = ['GENERATORS', 'OPALOverSampler', 'coerce_like', 'ShortfallWarning', 'fill_groups', 'make_generator', 'clone_generator',
-           'GroupOverSampler', 'OversampleResult', 'oversample']
+__all__ = ['GENERATED_SHARE', 'GENERATORS', 'OPALOverSampler', 'coerce_like', 'ShortfallWarning', 'fill_groups', 'make_generator',
+           'clone_generator', 'generated_count', 'copy_rows', 'GroupOverSampler', 'OversampleResult', 'oversample']
 
 # %% ../nbs/05_oversample.ipynb #485f3237
+GENERATED_SHARE = 0.25 # the default share of each group's missing rows the generator writes (the rest: copies of the group's real rows); chosen on validation rows by bench/bench_share.py
+
 GENERATORS = {'tabular': 'opal_nb.generate.TabularLM', 'smol_icl': 'opal_nb.pretrained.SmolICL', # generators by name
               'smol_tabular': 'opal_nb.pretrained.SmolTabular'}
 
@@ -52,6 +54,7 @@ class OPALOverSampler(BaseOverSampler):
         "kinds": [None, dict],
         "derived": [None, dict],
         "progress": ["boolean"],
+        "generated_share": [Interval(numbers.Real, 0, 1, closed="both")],
     }
     # with metadata routing on, `sensitive_features` given to `cross_validate(..., params=...)` reaches the sampler
     __metadata_request__fit_resample = __metadata_request__fit = {"sensitive_features": True}
@@ -68,10 +71,12 @@ class OPALOverSampler(BaseOverSampler):
                  kinds=None, # override inferred column kinds, e.g. {'sex': 'categorical'}
                  progress: bool = True, # progress bars
                  derived=None, # attributes defined by a column of X: {name: (column, threshold)}, True where column > threshold
+                 generated_share: float = GENERATED_SHARE, # share of each group's missing rows the generator writes; the rest are copies of the group's real rows (1: all written)
                 ):
         self.generator, self.sampling_strategy, self.random_state = generator, sampling_strategy, random_state
         self.sensitive, self.row_filter, self.max_rounds, self.overshoot = sensitive, row_filter, max_rounds, overshoot
         self.on_shortfall, self.kinds, self.progress, self.derived = on_shortfall, kinds, progress, derived
+        self.generated_share = generated_share
 
     def _fit_resample(self, X, y, **kwargs): return self.fit_resample(X, y, **kwargs)
 
@@ -342,22 +347,53 @@ def _row_filter(sampler, df: pd.DataFrame):
     return filt.fit(df)
 
 # %% ../nbs/05_oversample.ipynb #778e28a8
+def generated_count(n: int, # rows a group needs
+                    share: float, # share of them to generate
+                   ) -> int:
+    "How many of a group's `n` missing rows are generated at `share` (rounded half up, so one missing row is written at share 0.5)."
+    return min(n, int(math.floor(n * share + 0.5)))
+
+def copy_rows(df: pd.DataFrame, # the real rows
+              need: dict, # group key -> copies to add
+              group_columns: list[str], # the columns of a group key
+              random_state=None, # seed
+             ) -> pd.DataFrame:
+    "Copies of real rows of each group, drawn with replacement (what `RandomOverSampler` adds), in the order of `need`."
+    parts = []
+    for i, (key, n) in enumerate(need.items()):
+        if n <= 0: continue
+        rows = df[_in_group(df, group_dict(key, group_columns))]
+        if rows.empty: raise OPALInputError(f"group {group_dict(key, group_columns)} has no real rows to copy: generate all of its rows (generated_share=1)")
+        parts.append(rows.sample(n, replace=True, random_state=None if random_state is None else random_state + i))
+    return pd.concat(parts, ignore_index=True) if parts else df.iloc[:0]
+
 @patch
 def fit_resample(self: OPALOverSampler, X, y, *, sensitive_features=None):
-    "Resample `X`, `y`: the real rows followed by the generated ones."
+    "Resample `X`, `y`: the real rows followed by the generated ones, then the copies (`generated_share` < 1)."
     inp = _prepare(self, X, y, sensitive_features)
-    gen = make_generator(self.generator, random_state=self.random_state, progress=self.progress)
-    self.generator_ = clone_generator(gen, self.random_state)
-    self.generator_.fit(inp.model_df, target=inp.target, sensitive=inp.sensitive, schema=self.schema_)
-    self.derived_disagreements_ = 0
-    def keep(rows):  # a row written for `skin > 0` must have skin > 0
-        ok = _agrees(rows, self.derived)
-        self.derived_disagreements_ += int((~ok).sum())
-        return ok
-    synth, self.filter_report_ = fill_groups(self.generator_, inp.need, [inp.target, *inp.sensitive], _row_filter(self, inp.model_df),
-                                             self.max_rounds, self.overshoot, self.on_shortfall, self.random_state, self.progress,
-                                             keep if self.derived else None)
-    return _finish(self, inp, synth)
+    cols = [inp.target, *inp.sensitive]
+    present = set(group_counts(inp.df, inp.target, inp.sensitive).index)
+    present = {k if isinstance(k, tuple) else (k,) for k in present}
+    written = {k: (n if tuple(k) not in present else generated_count(n, self.generated_share)) for k, n in inp.need.items()}
+    copies = {k: n - written[k] for k, n in inp.need.items()}
+    self.derived_disagreements_, self.generator_, self.filter_report_ = 0, None, None
+    synth = inp.df.iloc[:0]
+    if any(n > 0 for n in written.values()):
+        gen = make_generator(self.generator, random_state=self.random_state, progress=self.progress)
+        self.generator_ = clone_generator(gen, self.random_state)
+        self.generator_.fit(inp.model_df, target=inp.target, sensitive=inp.sensitive, schema=self.schema_)
+        def keep(rows):  # a row written for `skin > 0` must have skin > 0
+            ok = _agrees(rows, self.derived)
+            self.derived_disagreements_ += int((~ok).sum())
+            return ok
+        synth, self.filter_report_ = fill_groups(self.generator_, written, cols, _row_filter(self, inp.model_df),
+                                                 self.max_rounds, self.overshoot, self.on_shortfall, self.random_state, self.progress,
+                                                 keep if self.derived else None)
+    copied = copy_rows(inp.df, copies, cols, self.random_state)
+    out = _finish(self, inp, pd.concat([synth.reindex(columns=inp.df.columns), copied], ignore_index=True))
+    self.generated_mask_ = np.r_[np.zeros(len(inp.df), bool), np.ones(len(synth), bool), np.zeros(len(copied), bool)]
+    return out
+
 
 # %% ../nbs/05_oversample.ipynb #300822fd
 class GroupOverSampler(BaseOverSampler):
@@ -369,7 +405,7 @@ class GroupOverSampler(BaseOverSampler):
         "k_neighbors": [Interval(numbers.Integral, 1, None, closed="left")],
     }
     _parameter_constraints = {k: v for k, v in _parameter_constraints.items()
-                              if k not in ('generator', 'row_filter', 'max_rounds', 'overshoot', 'on_shortfall', 'progress')}
+                              if k not in ('generator', 'row_filter', 'max_rounds', 'overshoot', 'on_shortfall', 'progress', 'generated_share')}
     __metadata_request__fit_resample = __metadata_request__fit = {"sensitive_features": True}
 
     def __init__(self,
@@ -453,9 +489,20 @@ class OversampleResult:
     @property
     def synthetic(self) -> pd.DataFrame: return self.frame[self.frame.synthetic].drop(columns='synthetic').reset_index(drop=True)
 
+    @property
+    def diagnostics(self):
+        "Rows per group (real, written, copied), distances of the written rows to their group's real rows, Cramér's V before and after (`opal_nb.evaluate.resample_diagnostics`)."
+        from opal_nb.evaluate import resample_diagnostics  # plotting and fairlearn load only when asked for
+        X = self.frame.drop(columns=[self.target, 'synthetic'])
+        return resample_diagnostics(self.sampler, X, self.frame[self.target])
+
     def _repr_html_(self):
         n = int(self.frame.synthetic.sum())
-        html = f"<p><b>{n} generated rows</b> added to {len(self.frame) - n} real rows (target <code>{self.target}</code>"
+        written = getattr(self.sampler, 'generated_mask_', None)
+        if written is None: w = 0 if getattr(self.sampler, 'method', None) == 'duplicate' else n  # SMOTE writes, duplication copies
+        else: w = int(np.sum(written))
+        html = (f"<p><b>{n} rows added</b> ({w} written, {n - w} copies of real rows) to {len(self.frame) - n} real rows"
+                f" (target <code>{self.target}</code>")
         html += (f", sensitive {self.sensitive})" if self.sensitive else ")") + "</p>" + self.group_counts.to_html()
         if self.report is not None: html += f"<pre>{self.report.summary()}</pre>"
         return html

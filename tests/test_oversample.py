@@ -25,7 +25,8 @@ from opal_nb.filter import RowFilter, FilterReport
 from opal_nb.generate import TabularLM
 from opal_nb.replay import ReplayGenerator
 from opal_nb.oversample import (OPALOverSampler, GroupOverSampler, ShortfallWarning, fill_groups, oversample,
-                                clone_generator, coerce_like, OversampleResult)
+                                clone_generator, coerce_like, OversampleResult, generated_count)
+from opal_nb.experiments import share_plan
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*attention_mask.*", "ignore:.*loss_type.*")
 
@@ -256,7 +257,7 @@ def test_group_strategy_forms(XY, form, kind):
 
 # ---------------------------------------------------------------- exact counts, synthetic rows in their groups, inputs untouched
 SAMPLERS = {
-    'opal': lambda **kw: OPALOverSampler(tiny_lm(), random_state=0, progress=False, **kw),
+    'opal': lambda **kw: OPALOverSampler(tiny_lm(), random_state=0, progress=False, **{'generated_share': 1.0, **kw}),  # every row written
     'duplicate': lambda **kw: GroupOverSampler('duplicate', random_state=0, **kw),
     'smote': lambda **kw: GroupOverSampler('smote', random_state=0, **kw),
 }
@@ -509,7 +510,8 @@ def test_sampler_shortfall(XY, small_source):
     "Through OPALOverSampler: the warning, the partial counts, and the error with on_shortfall='raise'."
     X, y = XY
     text, new, _ = small_source
-    sampler = OPALOverSampler(ReplayGenerator(text, style='csv'), sampling_strategy={(1, 1): 68}, sensitive='sex', max_rounds=3, progress=False)
+    sampler = OPALOverSampler(ReplayGenerator(text, style='csv'), sampling_strategy={(1, 1): 68}, sensitive='sex', max_rounds=3, progress=False,
+                              generated_share=1.0)
     with pytest.warns(ShortfallWarning, match="3 of 10 rows after 3 rounds"):
         X_res, y_res = sampler.fit_resample(X, y)
     assert sampler.group_counts_.loc[(1, 1), 'after'] == 61 and sampler.synthetic_mask_.sum() == 3
@@ -592,12 +594,13 @@ def test_bad_parameters(XY, param, value):
 # ---------------------------------------------------------------- oversample() and determinism
 def test_oversample_frame(diabetes):
     src = permuted_source(diabetes, ['high_progression', 'sex'])
-    res = oversample(diabetes, 'high_progression', sensitive='sex', generator=ReplayGenerator(src), sampling_strategy='balance groups')
+    res = oversample(diabetes, 'high_progression', sensitive='sex', generator=ReplayGenerator(src), sampling_strategy='balance groups',
+                     generated_share=1.0)
     assert isinstance(res, OversampleResult) and res.sensitive == ['sex']
     pd.testing.assert_frame_equal(res.frame[~res.frame.synthetic].drop(columns='synthetic'), diabetes)
     assert res.synthetic.groupby(['high_progression', 'sex']).size().to_dict() == {(0, 2): 33, (1, 1): 5}
     assert list(res.synthetic.columns) == list(diabetes.columns) and res.report.rows_kept >= 38
-    assert '38 generated rows' in res._repr_html_()
+    assert '38 rows added' in res._repr_html_() and '38 written, 0 copies' in res._repr_html_()
 
 
 @pytest.mark.parametrize('kind', list(SAMPLERS))
@@ -639,3 +642,40 @@ def test_generator_by_name_fits(XY):
     Xr, yr = s.fit_resample(X.iloc[:120], y.iloc[:120])
     assert isinstance(s.generator_, TabularLM) and s.generator_.random_state == 0
     assert (yr.value_counts().nunique() == 1) and len(Xr) > 120
+
+
+# ---------------------------------------------------------------- written rows and copies (generated_share)
+@pytest.mark.parametrize('share', [0.0, 0.5, 1.0])
+def test_generated_share_splits_each_group_between_written_rows_and_copies(XY, share):
+    X, y = XY
+    s = OPALOverSampler(tiny_lm(), sensitive=['sex'], random_state=0, progress=False, generated_share=share)
+    X_res, y_res = s.fit_resample(X, y)
+    added = s.group_counts_['after'] - s.group_counts_['before']
+    gen, mask = s.generated_mask_, s.synthetic_mask_
+    assert len(gen) == len(X_res) and not (gen & ~mask).any()
+    rows = X_res.assign(high_progression=y_res.to_numpy())
+    written = rows[gen].groupby(['high_progression', 'sex']).size()
+    for key, n in added.items():
+        assert written.get(key, 0) == generated_count(int(n), share), key
+    copies = rows[mask & ~gen]
+    assert len(copies) == int(added.sum()) - int(gen.sum())
+    real = X.assign(high_progression=y.to_numpy()).drop_duplicates()
+    assert len(copies.merge(real, how='inner')) == len(copies)            # every copy is a real row of its group
+    assert len(rows[gen].merge(real, how='inner')) == 0                   # no written row is (the filter drops copies)
+    assert (s.generator_ is None) == (share == 0.0)                       # nothing to write: no model is trained
+
+
+@settings(deadline=None)
+@given(st.lists(st.sampled_from('abc'), max_size=40), st.sampled_from([0.0, 0.1, 0.25, 1 / 3, 0.5, 0.75, 1.0]))
+def test_share_plan_gives_every_prefix_of_a_group_its_share(plan, share):
+    flags = share_plan(plan, share)
+    assert len(flags) == len(plan)
+    seen, written = Counter(), Counter()
+    for k, f in zip(plan, flags):
+        seen[k] += 1; written[k] += f
+        assert written[k] == generated_count(seen[k], share)
+
+
+def test_generated_count_rounds_half_up_and_stays_in_range():
+    assert [generated_count(n, 0.5) for n in range(5)] == [0, 1, 1, 2, 2]
+    assert generated_count(7, 1.0) == 7 and generated_count(7, 0.0) == 0

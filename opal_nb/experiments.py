@@ -92,11 +92,10 @@ def split_from_table(df: pd.DataFrame, # a whole table
                      seed: int = 0, # seed of the split and of the methods
                      dataset: str = 'data', # a name for tables and the cache
                     ) -> ExperimentSplit:
-    "A train/test split of `df` stratified by (label x sensitive) group, as an `ExperimentSplit` (setting 'table')."
+    "A train/test split of `df` stratified by (label x sensitive) group, as an `ExperimentSplit` (setting 'table'); ID columns are dropped."
     sens = _as_list(sensitive)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', IDColumnWarning)
-        prepare_frame(df, target, sens)
+    schema, _ = prepare_frame(df, target, sens)  # warns (IDColumnWarning) about the ID columns it leaves out
+    df = df[[c for c in df.columns if c in schema.columns]]  # found on the whole table: a subset's row IDs no longer count through its rows
     strata = df[[target, *sens]].astype(str).agg(' | '.join, axis=1)
     if strata.value_counts().min() < 2: strata = df[target]  # a group of one row cannot be on both sides
     train, test = train_test_split(df, test_size=test_size, random_state=seed, stratify=strata)

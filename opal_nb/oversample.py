@@ -389,7 +389,8 @@ def fit_resample(self: OPALOverSampler, X, y, *, sensitive_features=None):
         synth, self.filter_report_ = fill_groups(self.generator_, written, cols, _row_filter(self, inp.model_df),
                                                  self.max_rounds, self.overshoot, self.on_shortfall, self.random_state, self.progress,
                                                  keep if self.derived else None)
-    copied = copy_rows(inp.df, copies, cols, self.random_state)
+    kept = [c for c in inp.df.columns if c in self.schema_.columns]  # ID columns the schema left out stay missing, as in written rows
+    copied = copy_rows(inp.df[kept], copies, cols, self.random_state)
     out = _finish(self, inp, pd.concat([synth.reindex(columns=inp.df.columns), copied], ignore_index=True))
     self.generated_mask_ = np.r_[np.zeros(len(inp.df), bool), np.ones(len(synth), bool), np.zeros(len(copied), bool)]
     return out

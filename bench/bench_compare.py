@@ -4,9 +4,9 @@ imbalanced one), under both plans (issue 13).
 Methods (one experiment engine, `opal_nb.experiments.run_method`): none, reweight (sample weights: each group weighs as
 if the plan's rows were added), duplicate and smote (inside each (label x attribute) group), fair_reduction (fairlearn
 ExponentiatedGradient with ErrorRateParity; logistic regression only by default, see --reduction-classifiers), fair_threshold (fairlearn ThresholdOptimizer, equalized odds),
-opal_gpt4 (the paper's released GPT-4 rows), opal_tabular (TabularLM with its defaults writing every row) and opal
-(OPALOverSampler's defaults: TabularLM writes `GENERATED_SHARE` of each group's rows, the rest are copies of its real rows;
-computed from opal_tabular's rows, see bench_corpus.opal_defaults).
+opal_gpt4 (the paper's released GPT-4 rows) and opal_tabular (TabularLM with its defaults writing every row: what
+OPALOverSampler does with its defaults, GENERATED_SHARE = 1; `--methods ... opal` adds the defaults computed from
+opal_tabular's rows, see bench_corpus.opal_defaults, which differ once the default share is below 1).
 Plans: 'minority' (every synthetic row in the two minority groups, what OPALOverSampler does; the figures are read at
 the k that fills both minority groups to the majority groups' size: 80 rows, k = 4, for diabetes with R = 100; 30 rows,
 k = 3, for gender and heart failure with R = 50) and 'released' (the groups of the GPT-4 file, read at k = 5, R rows,
@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / 'bench'))
 from bench_corpus import opal_defaults  # noqa: E402
 READ_AT = {'minority': 'fill', 'released': 5}  # minority: the rows that fill both minority groups (k_fill); released: R rows
 BASELINES = ('reweight', 'smote', 'duplicate')
-OPALS = ('opal', 'opal_tabular')  # OPALOverSampler's defaults (written rows and copies), and TabularLM writing every row
+OPALS = ('opal_tabular', 'opal')  # TabularLM writing every row (OPALOverSampler's defaults while GENERATED_SHARE is 1), and opal (`--methods ... opal`: the defaults, from opal_tabular's rows)
 
 
 def run(data_dir, datasets, plans, methods, classifiers, seeds, cache_dir, generate: bool, reduction_classifiers=('logistic',),
@@ -78,7 +78,7 @@ def report(tidy: pd.DataFrame) -> str:
             if d.empty: continue
             t = d.pivot_table(index=['dataset', 'classifier', 'metric'], columns='method', values='value', aggfunc='mean')
             n = d.groupby(['dataset', 'classifier', 'method']).seed.nunique().unstack()
-            order = [m for m in ('none', *BASELINES, 'fair_reduction', 'fair_threshold', 'opal_gpt4', *OPALS[::-1]) if m in t.columns]
+            order = [m for m in ('none', *BASELINES, 'fair_reduction', 'fair_threshold', 'opal_gpt4', *OPALS) if m in t.columns]
             out.append(f"\n== {setting}, plan '{plan}', k = {k} ({'the rows that fill the minority groups' if plan == 'minority' else 'R rows'}); "
                        f"mean over seeds (seeds per cell: {int(n.min().min())}-{int(n.max().max())})\n")
             out.append(t[order].round(3).to_string())

@@ -6,8 +6,8 @@ a working session: a sensitive column, no missing values (SMOTE cannot interpola
 (label x sensitive) group (`split_from_table`); every method fills every (label x sensitive) group up to the largest one
 (the 'minority' plan at k = 'fill': what `OPALOverSampler()` does). Methods, in the one experiment engine (`run_method`):
 none, reweight (sample weights inverse to the group's size), duplicate and smote (inside each group), opal_tabular
-(TabularLM with its defaults writing every row, through RowFilter) and opal (`OPALOverSampler`'s defaults: the first
-`GENERATED_SHARE` of each group's opal_tabular rows, copies of the group's real rows for the rest; see `opal_defaults`). Classifiers: logistic regression (unpenalized) and a 200-tree random forest.
+(TabularLM with its defaults writing every row, through RowFilter: `OPALOverSampler`'s defaults, as `GENERATED_SHARE` is 1;
+`--methods ... opal` adds `opal_defaults`, the first `GENERATED_SHARE` of each group's rows and copies for the rest). Classifiers: logistic regression (unpenalized) and a 200-tree random forest.
 
 Printed: per table and classifier the mean over seeds of worst-group and balanced error, and the share of tables where
 OPAL is at or below SMOTE, at or below reweighting, and at or below the best of reweight/duplicate/smote. The tidy
@@ -34,9 +34,10 @@ from opal_nb.evaluate import unpenalized_logistic  # noqa: E402
 from opal_nb.experiments import PaperMethod, paper_methods, run_method, split_from_table, mixed_rows, cache_path  # noqa: E402
 from opal_nb.oversample import GENERATED_SHARE  # noqa: E402
 
-METHODS = ('none', 'reweight', 'duplicate', 'smote', 'opal_tabular', 'opal')
+METHODS = ('none', 'reweight', 'duplicate', 'smote', 'opal_tabular')  # opal_tabular: OPALOverSampler's defaults (GENERATED_SHARE = 1)
 BASELINES = ('reweight', 'duplicate', 'smote')
 METRICS = ('worst', 'balanced_accuracy', 'error')
+KEEP = (*METRICS, 'minority', 'majority', 'diff')  # what --out keeps (not each group's error)
 
 
 def benchmark_tables(max_cols: int = 12, max_rows: int = 3000, every: int = 2) -> list:
@@ -105,7 +106,7 @@ def report(tidy: pd.DataFrame) -> str:
     order = [m for m in METHODS if m in t.columns]
     out = [f"{d.table.nunique()} tables, seeds per table: {sorted(d.groupby('table').seed.nunique().unique().tolist())}; "
            "mean over seeds of the test errors\n", t[order].round(3).to_string()]
-    for o in ('opal', 'opal_tabular'):
+    for o in ('opal_tabular', 'opal'):
         if o in t.columns: out += _shares(t, o)
     return '\n'.join(out)
 
@@ -137,18 +138,20 @@ def main(argv=None):
     p.add_argument('--methods', nargs='+', default=list(METHODS))
     p.add_argument('--cache-dir', default=str(ROOT / '.opal_cache' / 'corpus'))
     p.add_argument('--out', default=str(ROOT / 'bench' / 'results' / 'corpus.csv'))
+    p.add_argument('--reverse', action='store_true', help='run the tables last to first (a second process on another core shares the cache)')
     p.add_argument('--list', action='store_true', help='list the tables and stop')
     p.add_argument('--report-only', action='store_true')
     a = p.parse_args(argv)
     if a.report_only:
         print(report(pd.read_csv(a.out))); return
     tables = benchmark_tables(a.max_cols, a.max_rows, a.every)[:a.limit]
+    if a.reverse: tables = tables[::-1]
     print(f"{len(tables)} tables: " + ', '.join(f"{t.name} ({t.rows}x{t.cols}, target {t.target}, sensitive {t.sensitive})" for t in tables),
           file=sys.stderr, flush=True)
     if a.list: return
     tidy, errors = run(tables, a.seeds, a.cache_dir, a.methods)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    tidy.to_csv(a.out, index=False)
+    tidy[tidy.metric.isin(KEEP)].to_csv(a.out, index=False)
     print(report(tidy))
     if errors:
         print(f"\n{len(errors)} (table, seed, method) ended in OPALInputError:")

@@ -22,7 +22,7 @@ from .core import OPALInputError, IDColumnWarning, infer_schema, prepare_frame, 
 from .data import PAPER_DATASETS, PAPER_CLASSIFIERS, PaperSplit, ProtocolSplit, paper_split, binarize_attribute
 from .generate import TabularLM
 from .filter import RowFilter
-from .oversample import GroupOverSampler, fill_groups, ShortfallWarning, generated_count, GENERATED_SHARE
+from .oversample import GroupOverSampler, fill_groups, ShortfallWarning, generated_count, group_share, GENERATED_SHARE
 from .evaluate import (group_errors, errors_to_rows, unpenalized_logistic, default_classifiers, classifier_pipeline,
                               feature_kinds, known_levels, with_seed, resample, summarize)
 
@@ -307,22 +307,25 @@ def smol_tabular_rows(split: ExperimentSplit, plan: list[tuple], seed: int,
 
 # %% ../nbs/07_experiments.ipynb #23212eb2
 def share_plan(plan: list[tuple], # the group of each planned row, in order
-               share: float, # share of each group's rows to write (the rest are copied)
+               share, # share of each group's rows to write (the rest are copied), or 'auto' (needs `real`)
+               real: dict | None = None, # group -> its real rows (for 'auto': the share is the group's missing / (missing + real))
               ) -> list[bool]:
-    "True for the plan's entries a generator writes, False for those copied: every group's first j entries hold `generated_count(j, share)` written ones."
+    "True for the plan's entries a generator writes, False for those copied: every group's first j entries hold its share of j written ones."
+    total = plan_counts(plan)
+    shares = {k: group_share(share, n, (real or {}).get(k, 0)) for k, n in total.items()}
     seen, out = {}, []
     for k in plan:
         j = seen.get(k, 0)
-        out.append(generated_count(j + 1, share) > generated_count(j, share))
+        out.append(generated_count(j + 1, shares[k]) > generated_count(j, shares[k]))
         seen[k] = j + 1
     return out
 
 def mixed_rows(split: ExperimentSplit, plan: list[tuple], seed: int,
                generate: Callable, # (split, plan, seed) -> rows of the plan's groups, e.g. `tabular_rows`
-               share: float, # share of each group's rows `generate` writes; the rest are copies (`duplicate_rows`)
+               share, # share of each group's rows `generate` writes, or 'auto' (see `group_share`); the rest are copies (`duplicate_rows`)
               ) -> pd.DataFrame:
     "Rows of `plan` in its order: a `share` of each group's written by `generate`, the others copies of the group's real rows."
-    written = share_plan(plan, share)
+    written = share_plan(plan, share, plan_counts(row_groups(split, split.train)))
     parts = {}
     for flag, make in ((True, generate), (False, duplicate_rows)):
         sub = [k for k, w in zip(plan, written) if w == flag]
@@ -334,7 +337,7 @@ def mixed_rows(split: ExperimentSplit, plan: list[tuple], seed: int,
 
 # %% ../nbs/07_experiments.ipynb #540b2adf
 FAST_METHODS = ('none', 'duplicate', 'smote', 'opal_gpt4', 'opal_tabular') # what `run_paper` runs by default
-USER_METHODS = ('none', 'reweight', 'duplicate', 'smote', 'fair_reduction', 'fair_threshold', 'opal_tabular', 'opal') # what a user tries instead
+USER_METHODS = ('none', 'reweight', 'duplicate', 'smote', 'fair_reduction', 'fair_threshold', 'opal_tabular') # what a user tries instead
 FAIRLEARN_METHODS = ('fair_reduction', 'fair_threshold') # they need an attribute: not run in the imbalanced setting
 
 def _tag(params: dict) -> str: return json.dumps(params, sort_keys=True, default=lambda o: type(o).__name__)
@@ -342,11 +345,11 @@ def _tag(params: dict) -> str: return json.dumps(params, sort_keys=True, default
 def paper_methods(tabular: dict | None = None, # TabularLM arguments for `opal_tabular` (default: its defaults)
                   smol_icl: dict | None = None, # SmolICL arguments for `opal_smol_icl`
                   smol_tabular: dict | None = None, # SmolTabular arguments for `opal_smol_ft`
-                  share: float | None = None, # `opal`'s share of written rows (None: `OPALOverSampler`'s default, `GENERATED_SHARE`)
+                  share: float | str | None = None, # `opal`'s share of written rows, or 'auto' (None: `OPALOverSampler`'s default, `GENERATED_SHARE`)
                  ) -> dict[str, PaperMethod]:
     "The experiment's methods: the paper's, the offline generators, and what a user would try instead (reweighting, fairlearn)."
     tabular, smol_icl, smol_tabular = dict(tabular or {}), dict(smol_icl or {}), dict(smol_tabular or {})
-    share = GENERATED_SHARE if share is None else float(share)
+    share = GENERATED_SHARE if share is None else share
     tab = lambda split, plan, seed: tabular_rows(split, plan, seed, **tabular)
     mix = lambda split, plan, seed: mixed_rows(split, plan, seed, tab, share)
     icl = lambda split, plan, seed: smol_icl_rows(split, plan, seed, **smol_icl)
@@ -364,7 +367,7 @@ def paper_methods(tabular: dict | None = None, # TabularLM arguments for `opal_t
         'opal_gpt4': PaperMethod(released_rows, 'focus', 'v1', "the paper's released GPT-4 Turbo rows (CSV order)"),
         'opal_tabular': PaperMethod(tab, 'focus', 'v1 ' + _tag(tabular), 'TabularLM trained on the R real rows, writing every row'),
         'opal': PaperMethod(mix, 'focus', f'v1 share={share} ' + _tag(tabular),
-                            f"OPALOverSampler's defaults: TabularLM writes {share:.0%} of each group's rows, the rest are copies of its real rows"),
+                            f"OPALOverSampler's defaults: TabularLM writes {share if isinstance(share, str) else f'{share:.0%}'} of each group's rows, the rest are copies of its real rows"),
         'opal_smol_icl': PaperMethod(icl, 'focus', 'v1 ' + _tag(smol_icl), 'SmolLM2-135M-Instruct in context, shown real rows of the group'),
         'opal_smol_ft': PaperMethod(ft, 'focus', 'v2 ' + _tag(smol_tabular), 'SmolLM2-135M-Instruct fine-tuned (LoRA) on the R real rows'),
     }
@@ -495,7 +498,10 @@ def evaluate_rows(split: ExperimentSplit, # the split
         n = (0 if synthetic is None else len(synthetic)) if k is None else k_rows(k, split.n_real)
         weights = None
         if synthetic is not None:
-            if n > len(synthetic): continue
+            if n > len(synthetic):  # the method fell short of the plan: no figure at this k rather than one at fewer rows
+                warnings.warn(f"{split.dataset} {split.setting} seed {split.seed}: {len(synthetic)} synthetic rows, {n} planned at k = {k:g}; "
+                              "that k is left out", ShortfallWarning)
+                continue
             train = pd.concat([split.train, synthetic.iloc[:n]], ignore_index=True)
         else:
             train = split.train
@@ -562,7 +568,8 @@ def run_method(split: ExperimentSplit, # one seed's data
     ks = None if ks is None else [5 * fill_size(split) / split.n_real if isinstance(k, str) and k == 'fill' else k for k in ks]
     folder = None if cache_dir is None else cache_path(cache_dir, split, name, method, plan)
     path = None if folder is None else folder / RESULTS_FILE
-    done = pd.read_csv(path) if path is not None and path.exists() else pd.DataFrame(columns=['classifier', 'k', 'n_synthetic', 'metric', 'value'])
+    columns = ['classifier', 'k', 'n_synthetic', 'metric', 'value']
+    done = pd.read_csv(path) if path is not None and path.exists() and path.stat().st_size else pd.DataFrame(columns=columns)
     have = set(zip(done.classifier, done.k.fillna(-2)))
     wanted = [EVERY_K] if not _varies_with_k(method) else ([-2] if ks is None else ks)
     todo = {c: clf for c, clf in classifiers.items() if any((c, k) not in have for k in wanted)}
@@ -570,9 +577,9 @@ def run_method(split: ExperimentSplit, # one seed's data
         n_max = 0 if ks is None else k_rows(max(ks), split.n_real)
         groups = group_plan(split, n_max, plan, method.reference) if method.planned and ks is not None and _varies_with_k(method) else []
         synthetic = _synthetic_rows(split, name, method, groups, folder)
-        if not _varies_with_k(method): new = pd.DataFrame(evaluate_rows(split, None, todo, [0], method.trainer)).assign(k=EVERY_K)
-        else: new = pd.DataFrame(evaluate_rows(split, synthetic, todo, ks, method.trainer, groups))
-        new = new[[(c, k) not in have for c, k in zip(new.classifier, new.k.fillna(-2))]]
+        if not _varies_with_k(method): new = pd.DataFrame(evaluate_rows(split, None, todo, [0], method.trainer), columns=columns).assign(k=EVERY_K)
+        else: new = pd.DataFrame(evaluate_rows(split, synthetic, todo, ks, method.trainer, groups), columns=columns)
+        new = new[np.array([(c, k) not in have for c, k in zip(new.classifier, new.k.fillna(-2))], dtype=bool)]  # (an empty list would select no columns)
         done = pd.concat([done, new], ignore_index=True) if len(done) else new
         if path is not None: _atomic_csv(done, path)
     out = done[done.classifier.isin(list(classifiers))]

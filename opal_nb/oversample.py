@@ -29,10 +29,11 @@ from .filter import RowFilter, FilterReport
 
 # %% auto #0
 __all__ = ['GENERATED_SHARE', 'GENERATORS', 'OPALOverSampler', 'coerce_like', 'ShortfallWarning', 'fill_groups', 'make_generator',
-           'clone_generator', 'generated_count', 'copy_rows', 'GroupOverSampler', 'OversampleResult', 'oversample']
+           'clone_generator', 'group_share', 'generated_count', 'copy_rows', 'GroupOverSampler', 'OversampleResult',
+           'oversample']
 
 # %% ../nbs/05_oversample.ipynb #485f3237
-GENERATED_SHARE = 0.25 # the default share of each group's missing rows the generator writes (the rest: copies of the group's real rows); chosen on validation rows by bench/bench_share.py
+GENERATED_SHARE = 1.0 # the default share of each group's missing rows the generator writes (the rest: copies of the group's real rows); chosen on validation rows by bench/bench_share.py
 
 GENERATORS = {'tabular': 'opal_nb.generate.TabularLM', 'smol_icl': 'opal_nb.pretrained.SmolICL', # generators by name
               'smol_tabular': 'opal_nb.pretrained.SmolTabular'}
@@ -54,7 +55,7 @@ class OPALOverSampler(BaseOverSampler):
         "kinds": [None, dict],
         "derived": [None, dict],
         "progress": ["boolean"],
-        "generated_share": [Interval(numbers.Real, 0, 1, closed="both")],
+        "generated_share": [Interval(numbers.Real, 0, 1, closed="both"), StrOptions({"auto"})],
     }
     # with metadata routing on, `sensitive_features` given to `cross_validate(..., params=...)` reaches the sampler
     __metadata_request__fit_resample = __metadata_request__fit = {"sensitive_features": True}
@@ -71,7 +72,7 @@ class OPALOverSampler(BaseOverSampler):
                  kinds=None, # override inferred column kinds, e.g. {'sex': 'categorical'}
                  progress: bool = True, # progress bars
                  derived=None, # attributes defined by a column of X: {name: (column, threshold)}, True where column > threshold
-                 generated_share: float = GENERATED_SHARE, # share of each group's missing rows the generator writes; the rest are copies of the group's real rows (1: all written)
+                 generated_share: float | str = GENERATED_SHARE, # share of each group's missing rows the generator writes, the rest copies of its real rows (1: all written; 'auto': missing / (missing + real))
                 ):
         self.generator, self.sampling_strategy, self.random_state = generator, sampling_strategy, random_state
         self.sensitive, self.row_filter, self.max_rounds, self.overshoot = sensitive, row_filter, max_rounds, overshoot
@@ -347,11 +348,22 @@ def _row_filter(sampler, df: pd.DataFrame):
     return filt.fit(df)
 
 # %% ../nbs/05_oversample.ipynb #778e28a8
+def group_share(share, # a share in [0, 1], or 'auto'
+                missing: int, # rows the group needs
+                real: int, # rows the group has
+               ) -> float:
+    "The share of a group's missing rows to write: `share` itself, or for 'auto' the share of the filled group that is new, missing / (missing + real)."
+    if isinstance(share, str):
+        if share != 'auto': raise OPALInputError(f"generated_share must be a number in [0, 1] or 'auto'; got {share!r}")
+        return missing / (missing + real) if missing + real else 1.0
+    return float(share)
+
 def generated_count(n: int, # rows a group needs
-                    share: float, # share of them to generate
+                    share, # share of them to generate (a number, or 'auto' with `real`)
+                    real: int = 0, # rows the group has (for 'auto')
                    ) -> int:
     "How many of a group's `n` missing rows are generated at `share` (rounded half up, so one missing row is written at share 0.5)."
-    return min(n, int(math.floor(n * share + 0.5)))
+    return min(n, int(math.floor(n * group_share(share, n, real) + 0.5)))
 
 def copy_rows(df: pd.DataFrame, # the real rows
               need: dict, # group key -> copies to add
@@ -372,9 +384,8 @@ def fit_resample(self: OPALOverSampler, X, y, *, sensitive_features=None):
     "Resample `X`, `y`: the real rows followed by the generated ones, then the copies (`generated_share` < 1)."
     inp = _prepare(self, X, y, sensitive_features)
     cols = [inp.target, *inp.sensitive]
-    present = set(group_counts(inp.df, inp.target, inp.sensitive).index)
-    present = {k if isinstance(k, tuple) else (k,) for k in present}
-    written = {k: (n if tuple(k) not in present else generated_count(n, self.generated_share)) for k, n in inp.need.items()}
+    have = {(k if isinstance(k, tuple) else (k,)): int(v) for k, v in inp.counts.items()}
+    written = {k: (n if not have.get(tuple(k)) else generated_count(n, self.generated_share, have[tuple(k)])) for k, n in inp.need.items()}
     copies = {k: n - written[k] for k, n in inp.need.items()}
     self.derived_disagreements_, self.generator_, self.filter_report_ = 0, None, None
     synth = inp.df.iloc[:0]

@@ -138,3 +138,25 @@ def test_split_from_table_drops_the_whole_tables_row_ids():
     assert 'rownames' not in split.train.columns and 'rownames' not in split.test.columns
     assert list(split.train.columns) == [c for c in df.columns if c != 'rownames']
     assert len(split.train) + len(split.test) == len(df)
+
+
+def test_a_method_that_falls_short_of_the_plan_is_left_out_with_a_warning(splits):
+    "A generator that writes fewer rows than planned gives no figure at that k (and no crash), and says so."
+    from opal_nb.experiments import PaperMethod, duplicate_rows
+    from opal_nb.oversample import ShortfallWarning
+    split = splits['table']
+    short = PaperMethod(lambda s, plan, seed: duplicate_rows(s, plan, seed).iloc[:len(plan) // 2], planned=True)
+    with pytest.warns(ShortfallWarning, match='that k is left out'):
+        out = run_method(split, 'short', short, LOGISTIC, ['fill'], 'minority')
+    assert out.empty
+
+
+def test_auto_share_writes_the_new_part_of_each_filled_group():
+    from opal_nb.oversample import generated_count, group_share
+    from opal_nb.experiments import share_plan
+    assert group_share('auto', 40, 5) == 40 / 45 and group_share(0.25, 40, 5) == 0.25
+    assert generated_count(40, 'auto', 5) == 36 and generated_count(30, 'auto', 50) == 11
+    plan = [('a',)] * 40 + [('b',)] * 30
+    flags = share_plan(plan, 'auto', {('a',): 5, ('b',): 50})
+    assert sum(flags[:40]) == 36 and sum(flags[40:]) == 11
+    with pytest.raises(OPALInputError, match="generated_share must be a number"): group_share('most', 1, 1)

@@ -268,7 +268,7 @@ def test_run_paper_default_is_the_fast_methods():
     from opal_nb.experiments import FAST_METHODS
     assert FAST_METHODS == ('none', 'duplicate', 'smote', 'opal_gpt4', 'opal_tabular')
     from opal_nb.experiments import USER_METHODS
-    assert set(paper_methods()) == {*FAST_METHODS, *USER_METHODS, 'opal_smol_icl', 'opal_smol_ft'}
+    assert set(paper_methods()) == {*FAST_METHODS, *USER_METHODS, 'opal', 'opal_smol_icl', 'opal_smol_ft'}
     with pytest.raises(OPALInputError, match="unknown method 'opal_smol'"):
         run_paper('.', methods=['opal_smol'])
 

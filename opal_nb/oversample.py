@@ -24,7 +24,6 @@ from tqdm.auto import tqdm
 
 from .core import (OPALInputError, Schema, infer_schema, prepare_frame, validate_frame, group_counts, rows_needed, group_dict,
                           group_key, cramers_v, _as_list, _py, _round)
-from .generate import TabularLM
 from .filter import RowFilter, FilterReport
 
 # %% auto #0

@@ -679,3 +679,12 @@ def test_share_plan_gives_every_prefix_of_a_group_its_share(plan, share):
 def test_generated_count_rounds_half_up_and_stays_in_range():
     assert [generated_count(n, 0.5) for n in range(5)] == [0, 1, 1, 2, 2]
     assert generated_count(7, 1.0) == 7 and generated_count(7, 0.0) == 0
+
+
+def test_importing_the_samplers_does_not_load_torch():
+    "A user who only wants SMOTE or duplication per group does not pay for torch and transformers (loaded when a TabularLM is made)."
+    import subprocess, sys
+    code = ("import sys, opal_nb.oversample as o; assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'loaded at import'; "
+            "o.make_generator(); assert 'torch' in sys.modules")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

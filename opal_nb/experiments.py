@@ -365,9 +365,9 @@ def paper_methods(tabular: dict | None = None, # TabularLM arguments for `opal_t
         'fair_threshold': PaperMethod(None, tag='v1', trainer='threshold_optimizer',
                                       description="fairlearn's ThresholdOptimizer (equalized odds) on the attribute"),
         'opal_gpt4': PaperMethod(released_rows, 'focus', 'v1', "the paper's released GPT-4 Turbo rows (CSV order)"),
-        'opal_tabular': PaperMethod(tab, 'focus', 'v1 ' + _tag(tabular), 'TabularLM trained on the R real rows, writing every row'),
+        'opal_tabular': PaperMethod(tab, 'focus', 'v1 ' + _tag(tabular), 'TabularLM trained on the R real rows'),
         'opal': PaperMethod(mix, 'focus', f'v1 share={share} ' + _tag(tabular),
-                            f"OPALOverSampler's defaults: TabularLM writes {share if isinstance(share, str) else f'{share:.0%}'} of each group's rows, the rest are copies of its real rows"),
+                            f"OPALOverSampler's defaults (generated_share={share!r})"),
         'opal_smol_icl': PaperMethod(icl, 'focus', 'v1 ' + _tag(smol_icl), 'SmolLM2-135M-Instruct in context, shown real rows of the group'),
         'opal_smol_ft': PaperMethod(ft, 'focus', 'v2 ' + _tag(smol_tabular), 'SmolLM2-135M-Instruct fine-tuned (LoRA) on the R real rows'),
     }

@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 STAGES = ['prepare', 'encode', 'train', 'sample', 'filter_fit', 'filter_fit_nn', 'filter', 'filter_nn', 'rest']
-FULL = ['1000x20', '10000x20', '100000x20', '10000x5', '10000x80', '100000x50']
+FULL = ['1000x20', '10000x5', '10000x20', '10000x80', '100000x20', '100000x50']  # cheapest first: an interrupted grid keeps the most sizes
 QUICK = ['1000x5', '2000x5', '1000x10']  # 1,000 rows hold a few (default=Yes, student=Yes) rows; 300 may hold none
 
 
@@ -191,6 +191,7 @@ def main():
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out', default=str(ROOT / 'bench' / 'results' / 'scale.csv'))
     p.add_argument('--report', help='print the tables of a CSV written by an earlier run, without running')
+    p.add_argument('--resume', action='store_true', help='keep the sizes --out already holds (same steps and seed) and run only the others')
     p.add_argument('--worker', help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
@@ -202,6 +203,12 @@ def main():
     else:
         sizes, results = a.sizes or (QUICK if a.quick else FULL), []
         steps = 100 if a.quick and a.steps is None else a.steps
+        if a.resume and Path(a.out).exists():  # an interrupted grid goes on where it stopped
+            done = pd.read_csv(a.out)
+            if steps is not None: done = done[done.steps == steps]
+            results = [r for r in done.to_dict('records') if f"{int(r['rows'])}x{int(r['columns'])}" in sizes]
+            sizes = [s for s in sizes if s not in {f"{int(r['rows'])}x{int(r['columns'])}" for r in results}]
+            print(f"resuming: {len(results)} sizes kept from {a.out}, {len(sizes)} to run: {' '.join(sizes)}", flush=True)
         for size in sizes:
             t = time.perf_counter()
             results.append(run(size, steps, a.seed))

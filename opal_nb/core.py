@@ -6,18 +6,22 @@ Docs: https://opal-nb.github.io/opal_nb/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #ad27f5db
 from __future__ import annotations
-import json, math, numbers, warnings
+import contextlib, json, math, numbers, os, tempfile, warnings
 from dataclasses import dataclass, field, asdict
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator
+from sklearn.utils._param_validation import Interval, InvalidParameterError, validate_parameter_constraints
 
 # %% auto #0
-__all__ = ['OPALInputError', 'mixed_type_problem', 'validate_frame', 'ColumnSpec', 'infer_precision', 'infer_column', 'Schema',
-           'IDColumnWarning', 'id_like_columns', 'infer_schema', 'check_frame', 'prepare_frame', 'schema_to_json',
-           'schema_from_json', 'coerce_frame', 'group_counts', 'group_key', 'group_dict', 'rows_needed', 'cramers_v',
-           'BaseGenerator']
+__all__ = ['RANDOM_STATE', 'OPALInputError', 'mixed_type_problem', 'validate_frame', 'ColumnSpec', 'infer_precision',
+           'infer_column', 'Schema', 'IDColumnWarning', 'id_like_columns', 'infer_schema', 'check_frame',
+           'prepare_frame', 'schema_to_json', 'schema_from_json', 'coerce_frame', 'group_counts', 'group_key',
+           'group_dict', 'group_mask', 'rows_needed', 'cramers_v', 'as_seed', 'atomic_write', 'markdown_table',
+           'torch_threads', 'BaseGenerator']
 
 # %% ../nbs/00_core.ipynb #71cf6343
 class OPALInputError(ValueError):
@@ -351,6 +355,15 @@ def group_dict(key: tuple, columns: list[str]) -> dict:
     "The `{column: value}` form of the group `key`."
     return dict(zip(columns, group_key(key, columns)))
 
+# %% ../nbs/00_core.ipynb #f31045fd
+def group_mask(df: pd.DataFrame, # the rows
+               group: Mapping | None, # `{column: value}`; None or empty: every row
+              ) -> np.ndarray:
+    "Boolean mask of the rows of `df` whose columns hold the values of `group` (a missing value matches nothing)."
+    mask = np.ones(len(df), dtype=bool)
+    for c, v in (group or {}).items(): mask &= (df[c] == v).to_numpy(dtype=bool, na_value=False)
+    return mask
+
 # %% ../nbs/00_core.ipynb #9b2a226a
 _STRATEGIES = ('auto', 'not majority', 'minority', 'not minority', 'all', 'balance groups')
 
@@ -413,9 +426,63 @@ def cramers_v(a: pd.Series, b: pd.Series) -> float:
     chi2 = ((table - expected) ** 2 / expected).sum()
     return float(math.sqrt(chi2 / (n * (min(table.shape) - 1))))
 
+# %% ../nbs/00_core.ipynb #d7bc68bf
+def as_seed(random_state, # None (fresh entropy), an int >= 0, or a numpy Generator / RandomState to draw from
+            bits: int = 63, # the seed is below 2**bits (32 for servers that read a 32-bit seed)
+           ) -> int:
+    "An int seed from the forms of `random_state` scikit-learn and numpy users pass."
+    if random_state is None: return int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> np.uint64(64 - bits))
+    if isinstance(random_state, np.random.Generator): return int(random_state.integers(2 ** bits - 1))
+    if isinstance(random_state, np.random.RandomState): return int(random_state.randint(2 ** bits - 1, dtype=np.int64))
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool) and random_state >= 0: return int(random_state)
+    raise OPALInputError(f"random_state must be None, a non-negative int or a numpy Generator; got {random_state!r}")
+
+# %% ../nbs/00_core.ipynb #00019119
+def atomic_write(path: str | Path, # the file to write (its folder is made)
+                 content, # str (written as UTF-8), bytes, or a callable given the open binary file
+                ) -> Path:
+    "Write `path` through a temporary file in its folder, flushed to disk, then renamed: a reader sees the old or the new file, never half."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.part')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            if callable(content): content(f)
+            else: f.write(content.encode('utf-8') if isinstance(content, str) else content)
+            f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
+        raise
+    return path
+
+# %% ../nbs/00_core.ipynb #980261c7
+def markdown_table(df: pd.DataFrame, # the table (its index is left out)
+                   digits: int = 3, # decimals of float cells
+                  ) -> str:
+    "A GitHub-flavoured pipe table of `df`, for rich reprs (no extra dependency)."
+    fmt = lambda v: f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+    rows = ['| ' + ' | '.join(map(str, df.columns)) + ' |', '|' + '---|' * df.shape[1]]
+    rows += ['| ' + ' | '.join(fmt(v) for v in r) + ' |' for r in df.itertuples(index=False, name=None)]
+    return '\n'.join(rows)
+
+# %% ../nbs/00_core.ipynb #584c1749
+@contextlib.contextmanager
+def torch_threads(n: int | None # torch threads inside the block; None: leave torch's setting
+                 ):
+    "Run torch with `n` threads inside the block, restoring the setting after (torch is imported only when `n` is given)."
+    if n is None: yield; return
+    import torch
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try: yield
+    finally: torch.set_num_threads(old)
+
 # %% ../nbs/00_core.ipynb #888368ca
-class BaseGenerator:
-    "Protocol of opal_nb generators: `fit` on a table, then `sample(n, group=...)`."
+class BaseGenerator(BaseEstimator):
+    """Protocol of opal_nb generators: `fit` on a table, then `sample(n, group=...)`.
+    A scikit-learn estimator: `get_params`, `set_params`, `clone`, the repr and the check of the constructor's
+    arguments against `_parameter_constraints` (scikit-learn's constraint language) come from scikit-learn."""
+    _parameter_constraints: dict = {}
     schema_: Schema | None = None # set by `fit`
     rejected_: pd.DataFrame | None = None # text and reason of what the last `sample` could not read
 
@@ -426,6 +493,16 @@ class BaseGenerator:
     def sample(self, n: int, group: dict | None = None, random_state=None) -> pd.DataFrame:
         "Up to `n` new rows of `group` (a `{column: value}` dict over the group columns)."
         raise NotImplementedError
+
+    def set_params(self, **params):
+        "Set constructor arguments by name (an unknown name raises `OPALInputError`)."
+        try: return super().set_params(**params)
+        except ValueError as e: raise OPALInputError(str(e)) from None
+
+    def _validate_params(self):
+        "Check the constructor arguments against `_parameter_constraints`; the `OPALInputError` names the bad one."
+        try: validate_parameter_constraints(self._parameter_constraints, self.get_params(deep=False), caller_name=type(self).__name__)
+        except InvalidParameterError as e: raise OPALInputError(str(e)) from None
 
     def _check_fitted(self):
         if self.schema_ is None: raise OPALInputError(f"{type(self).__name__} is not fitted: call .fit(df, target=...) first")
@@ -440,3 +517,5 @@ class BaseGenerator:
             if not spec.is_numeric and _py(v) not in spec.levels:
                 raise OPALInputError(f"group value {v!r} of column {c!r} is not one of its levels {spec.levels[:10]}")
         return {c: _py(v) for c, v in group.items()}
+
+RANDOM_STATE = [None, Interval(numbers.Integral, 0, None, closed='left'), np.random.Generator, np.random.RandomState] # what `as_seed` takes

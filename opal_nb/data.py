@@ -6,7 +6,7 @@ Docs: https://opal-nb.github.io/opal_nb/data.html.md"""
 
 # %% ../nbs/01_data.ipynb #4ca55f41
 from __future__ import annotations
-import io, os, tempfile, urllib.request, urllib.error, warnings
+import io, os, urllib.request, urllib.error, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from .core import OPALInputError, group_counts, validate_frame, prepare_frame, IDColumnWarning
+from .core import OPALInputError, group_counts, validate_frame, prepare_frame, IDColumnWarning, atomic_write, markdown_table
 
 # %% auto #0
 __all__ = ['DEFAULT_THRESHOLD', 'PAPER_CLASSIFIERS', 'PAPER_DATASETS', 'TabularDataset', 'load_default', 'PaperDataset',
@@ -39,19 +39,12 @@ class TabularDataset:
     def __len__(self) -> int: return len(self.frame)
 
 # %% ../nbs/01_data.ipynb #18db2ed2
-def _markdown_table(df: pd.DataFrame) -> str:
-    "A GitHub markdown table of `df` (no extra dependency)."
-    cols = list(df.columns)
-    lines = ['| ' + ' | '.join(map(str, cols)) + ' |', '|' + '---|' * len(cols)]
-    lines += ['| ' + ' | '.join(map(str, r)) + ' |' for r in df.itertuples(index=False)]
-    return '\n'.join(lines)
-
 def _dataset_markdown(self: TabularDataset) -> str:
     y = self.frame[self.target]
     balance = ', '.join(f"{k}: {v} ({v / len(y):.1%})" for k, v in y.value_counts().sort_index().items())
     out = [f"**{self.name or 'dataset'}**: {len(self.frame)} rows x {self.frame.shape[1]} columns; "
            f"target `{self.target}` ({balance})"]
-    if self.sensitive: out += ['', _markdown_table(group_counts(self.frame, self.target, self.sensitive).reset_index())]
+    if self.sensitive: out += ['', markdown_table(group_counts(self.frame, self.target, self.sensitive).reset_index())]
     if self.description: out += ['', self.description]
     return '\n'.join(out)
 TabularDataset._repr_markdown_ = _dataset_markdown
@@ -136,18 +129,6 @@ def check_paper_frame(df: pd.DataFrame, # a table read from a file
     return df
 
 # %% ../nbs/01_data.ipynb #40902822
-def _atomic_write(dest: Path, write) -> Path:
-    "Call `write(file)` on a temporary file next to `dest`, then rename it to `dest`."
-    dest = Path(dest); dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f'.{dest.name}.', suffix='.part')
-    try:
-        with os.fdopen(fd, 'wb') as f: write(f)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dest
-
 def download_file(url: str, # http(s):// or file:// address
                   dest: str | Path, # where to write the file
                   timeout: float = 60, # seconds to wait for the server
@@ -158,7 +139,7 @@ def download_file(url: str, # http(s):// or file:// address
     except (urllib.error.URLError, OSError) as e:
         raise OSError(f"could not download {url}: {e}; when offline, pass data_dir= a folder laid out like "
                       f"the paper's release") from e
-    return _atomic_write(Path(dest), lambda f: f.write(data))
+    return atomic_write(dest, data)
 
 # %% ../nbs/01_data.ipynb #23d083a2
 def _read_arff(text: str) -> pd.DataFrame:
@@ -209,7 +190,7 @@ def fetch_paper_dataset(name: str, # one of `PAPER_DATASETS`
     raw = download_file(url, dest.with_name(f'.{spec.file}.download'), timeout)
     try: df = read_paper_source(name, raw.read_bytes())
     finally: raw.unlink(missing_ok=True)
-    return _atomic_write(dest, lambda f: df.to_csv(f, index=False))
+    return atomic_write(dest, lambda f: df.to_csv(f, index=False))
 
 # %% ../nbs/01_data.ipynb #4b4e4500
 def _read_table(path: Path) -> pd.DataFrame:
@@ -305,7 +286,7 @@ class ProtocolSplit:
 
     def _repr_markdown_(self) -> str:
         return (f"**{self.setting} split**: {len(self.train)} training rows, {len(self.test)} test rows\n\n"
-                + _markdown_table(self.groups.reset_index()))
+                + markdown_table(self.groups.reset_index()))
 
 # %% ../nbs/01_data.ipynb #6e379fcb
 def _holdout(df: pd.DataFrame, test_size, random_state, exclude_duplicates: bool) -> tuple:

@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 
 from fastcore.basics import patch
-from .core import OPALInputError, Schema, infer_column, cramers_v, _as_list, _py
+from .core import OPALInputError, Schema, infer_column, cramers_v, markdown_table, _as_list, _py
 
 # %% auto #0
 __all__ = ['OTHER_LEVEL', 'spurious_groups', 'group_errors', 'closest_distances', 'feature_kinds', 'known_levels',
@@ -280,18 +280,11 @@ class QualityReport:
                              'value': [float(v) for v in self.summary().values()] + list(cols.values())})
 
 # %% ../nbs/06_evaluate.ipynb #f02d3acc
-def _markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
-    "A pipe table of `df` (no index)."
-    fmt = lambda v: f"{v:.{digits}f}" if isinstance(v, float) else str(v)
-    rows = ['| ' + ' | '.join(map(str, df.columns)) + ' |', '|' + '---|' * df.shape[1]]
-    rows += ['| ' + ' | '.join(fmt(v) for v in r) + ' |' for r in df.itertuples(index=False, name=None)]
-    return '\n'.join(rows)
-
 @patch
 def _repr_markdown_(self: QualityReport) -> str:
     s = pd.DataFrame({'metric': list(self.summary()), 'value': list(self.summary().values())})
     return (f"**Synthetic quality**: {self.n_synthetic} synthetic vs {self.n_real} real rows\n\n"
-            + _markdown_table(s) + "\n\n" + _markdown_table(self.columns))
+            + markdown_table(s) + "\n\n" + markdown_table(self.columns))
 
 # %% ../nbs/06_evaluate.ipynb #76481ed1
 def _accuracy(model, train: pd.DataFrame, test: pd.DataFrame, features: list, target: str) -> float:
@@ -359,8 +352,8 @@ class ResampleDiagnostics:
     association: pd.DataFrame # per sensitive column: Cramér's V with the label before and after
 
     def _repr_markdown_(self) -> str:
-        return (_markdown_table(self.groups) + "\n\nCramér's V between the label and each sensitive column:\n\n"
-                + _markdown_table(self.association))
+        return (markdown_table(self.groups) + "\n\nCramér's V between the label and each sensitive column:\n\n"
+                + markdown_table(self.association))
 
 def resample_diagnostics(sampler, # a fitted `OPALOverSampler` or `GroupOverSampler`
                          X_res, # its X output (real rows first)

@@ -6,7 +6,7 @@ Docs: https://opal-nb.github.io/opal_nb/experiments.html.md"""
 
 # %% ../nbs/07_experiments.ipynb #53557701
 from __future__ import annotations
-import hashlib, json, math, os, tempfile, warnings
+import hashlib, json, math, os, warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +18,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassif
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
-from .core import OPALInputError, IDColumnWarning, infer_schema, prepare_frame, _as_list, _py
+from .core import OPALInputError, IDColumnWarning, infer_schema, prepare_frame, atomic_write, _as_list, _py
 from .data import PAPER_DATASETS, PAPER_CLASSIFIERS, PaperSplit, ProtocolSplit, paper_split, binarize_attribute
 from .generate import TabularLM
 from .filter import RowFilter
@@ -516,16 +516,6 @@ def evaluate_rows(split: ExperimentSplit, # the split
 TIDY_COLUMNS = ['dataset', 'setting', 'method', 'classifier', 'seed', 'k', 'metric', 'value', 'n_synthetic']
 EVERY_K = -1 # the k of a result that holds at every k (a method without rows or weights)
 
-def _atomic_csv(df: pd.DataFrame, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.part')
-    try:
-        with os.fdopen(fd, 'w') as f: df.to_csv(f, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
-    return path
-
 def cache_path(cache_dir: str | Path, split: ExperimentSplit, name: str, method: PaperMethod, plan: str) -> Path:
     "The cache folder of one (data set, setting, seed, method) under `cache_dir`."
     varies = method.generate is not None or method.trainer == 'reweight'  # without rows or weights the plan changes nothing
@@ -543,7 +533,7 @@ def _synthetic_rows(split, name, method, groups, folder):
     if path is not None and path.exists(): return pd.read_csv(path).astype(split.train.dtypes.to_dict())
     rows = method.generate(split, groups, split.seed)
     if method.planned: rows = order_by_plan(split, rows, groups)
-    if path is not None: _atomic_csv(rows, path)
+    if path is not None: atomic_write(path, lambda f: rows.to_csv(f, index=False))
     return rows
 
 def _expand(done: pd.DataFrame, ks: list) -> pd.DataFrame:
@@ -581,7 +571,7 @@ def run_method(split: ExperimentSplit, # one seed's data
         else: new = pd.DataFrame(evaluate_rows(split, synthetic, todo, ks, method.trainer, groups), columns=columns)
         new = new[np.array([(c, k) not in have for c, k in zip(new.classifier, new.k.fillna(-2))], dtype=bool)]  # (an empty list would select no columns)
         done = pd.concat([done, new], ignore_index=True) if len(done) else new
-        if path is not None: _atomic_csv(done, path)
+        if path is not None: atomic_write(path, lambda f: done.to_csv(f, index=False))
     out = done[done.classifier.isin(list(classifiers))]
     if ks is not None: out = _expand(out, ks)
     if ks is not None: out = out[np.isclose(out.k.to_numpy(float)[:, None], np.asarray(ks, float)[None, :]).any(1)]

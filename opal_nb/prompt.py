@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from .core import OPALInputError, Schema, ColumnSpec, coerce_frame, infer_schema, _py, _as_list
+from .core import OPALInputError, Schema, ColumnSpec, coerce_frame, infer_schema, group_mask, _py, _as_list
 
 # %% auto #0
 __all__ = ['format_value', 'check_text_schema', 'row_to_text', 'rows_to_text', 'ParsedRows', 'parse_rows', 'rows_to_csv',
@@ -340,12 +340,6 @@ class PromptTemplate:
                 {'role': 'user', 'content': self.user.format(**fields)}]
 
 # %% ../nbs/02_prompt.ipynb #659f093b
-def _group_rows(df: pd.DataFrame, group: dict) -> pd.DataFrame:
-    "The rows of `df` in `group`."
-    mask = np.ones(len(df), dtype=bool)
-    for c, v in group.items(): mask &= (df[c] == v).to_numpy()
-    return df[mask]
-
 def few_shot_messages(examples: pd.DataFrame, # real rows (only those of `group` are shown)
                       schema: Schema, # the table's schema
                       group: dict, # the group to write rows for, e.g. {'income': '>50K', 'sex': 'Female'}
@@ -360,7 +354,7 @@ def few_shot_messages(examples: pd.DataFrame, # real rows (only those of `group`
     if style not in _FORMATS: raise OPALInputError(f"style must be 'text' or 'csv', got {style!r}")
     if int(n_new) < 1: raise OPALInputError(f"n_new must be at least 1, got {n_new!r}")
     group = _check_group_arg(group, schema)
-    shown = _group_rows(examples, group)
+    shown = examples[group_mask(examples, group)]
     if not len(shown): raise OPALInputError(f"group {group} has no rows in examples: a prompt needs at least one real row of it")
     rng = np.random.default_rng(random_state)
     shown = shown.iloc[rng.permutation(len(shown))[:k]]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import OPALInputError, Schema, BaseGenerator, infer_schema, prepare_frame
+from .core import OPALInputError, Schema, BaseGenerator, infer_schema, prepare_frame, group_mask
 from .prompt import parse_rows, ParsedRows
 
 # %% auto #0
@@ -68,11 +68,6 @@ class ReplayGenerator(BaseGenerator):
         return self
 
 # %% ../nbs/03c_replay.ipynb #34e71506
-def _group_mask(rows: pd.DataFrame, group: dict) -> np.ndarray:
-    mask = np.ones(len(rows), dtype=bool)
-    for c, v in group.items(): mask &= (rows[c] == v).to_numpy(dtype=bool, na_value=False)
-    return mask
-
 def _sample(self: ReplayGenerator,
             n: int, # rows wanted
             group: dict | None = None, # e.g. {'income': '>50K', 'sex': 'Female'}; None: any row
@@ -81,7 +76,7 @@ def _sample(self: ReplayGenerator,
     "The next `n` unreturned rows of `group` in source order (fewer if the source runs out)."
     group = self._check_group(group)
     if not isinstance(n, (int, np.integer)) or n < 0: raise OPALInputError(f"n must be a whole number >= 0, got {n!r}")
-    idx = np.flatnonzero(~self._used & _group_mask(self.rows_, group))[:n]
+    idx = np.flatnonzero(~self._used & group_mask(self.rows_, group))[:n]
     self._used[idx] = True
     self.rejected_ = self.parsed_.rejected.iloc[:0] if self._reported else self.parsed_.rejected
     self._reported = True
@@ -89,6 +84,6 @@ def _sample(self: ReplayGenerator,
 
 def _remaining(self: ReplayGenerator, group: dict | None = None) -> int:
     "Rows of `group` not yet returned by `sample`."
-    return int((~self._used & _group_mask(self.rows_, self._check_group(group))).sum())
+    return int((~self._used & group_mask(self.rows_, self._check_group(group))).sum())
 
 ReplayGenerator.sample, ReplayGenerator.remaining = _sample, _remaining

@@ -280,7 +280,7 @@ def test_sklearn_clone_and_set_params():
     twin = clone(lm)
     assert twin is not lm and twin.get_params() == lm.get_params()
     assert twin.set_params(steps=20).steps == 20
-    with pytest.raises(OPALInputError, match="no parameter 'step'"): twin.set_params(step=5)
+    with pytest.raises(OPALInputError, match="Invalid parameter 'step' for estimator TabularLM"): twin.set_params(step=5)
 
 
 # ---- encode_frame: column by column, the same ids as encode_value on every value ------------------

@@ -198,7 +198,7 @@ def test_icl_bad_input(tiny):
     with pytest.raises(OPALInputError, match='n must be a whole number'): icl.sample(-1)
     with pytest.raises(OPALInputError, match="not one of its levels"): icl.sample(2, group={'sex': 'Other'})
     with pytest.raises(OPALInputError, match="not in the schema"): icl.sample(2, group={'colour': 'red'})
-    with pytest.raises(OPALInputError, match='temperature must be > 0'): SmolICL(temperature=0).fit(PEOPLE, 'income')
+    with pytest.raises(OPALInputError, match="The 'temperature' parameter of SmolICL must be a float in the range \\(0.0, inf\\)"): SmolICL(temperature=0).fit(PEOPLE, 'income')
     with pytest.raises(OPALInputError, match="is not in the frame"): SmolICL().fit(PEOPLE, 'label')
     with pytest.raises(OPALInputError, match='does not exist'): SmolICL('/no/such/folder').fit(PEOPLE, 'income').sample(1)
 
@@ -242,7 +242,7 @@ def test_tabular_fit_sample_save_load(tiny, tmp_path, lora_r):
 
 
 def test_tabular_bad_input(tiny, tmp_path):
-    with pytest.raises(OPALInputError, match='max_steps must be a whole number'): SmolTabular(tiny, max_steps=0).fit(PEOPLE, 'income')
+    with pytest.raises(OPALInputError, match="The 'max_steps' parameter of SmolTabular must be an int in the range \\[1, inf\\)"): SmolTabular(tiny, max_steps=0).fit(PEOPLE, 'income')
     with pytest.raises(OPALInputError, match='not fitted'): SmolTabular(tiny).sample(1)
     with pytest.raises(OPALInputError, match='holds no saved SmolTabular'): SmolTabular.load(tmp_path)
 
@@ -387,4 +387,4 @@ def test_tabular_last_layers_vocab_round_trip(tiny, tmp_path, vocab):
 
 
 def test_tabular_bad_vocab(tiny):
-    with pytest.raises(OPALInputError, match="vocab must be 'rows' or 'full'"): SmolTabular(tiny, vocab='small').fit(PEOPLE, 'income')
+    with pytest.raises(OPALInputError, match="The 'vocab' parameter of SmolTabular must be a str among"): SmolTabular(tiny, vocab='small').fit(PEOPLE, 'income')

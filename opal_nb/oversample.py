@@ -27,9 +27,9 @@ from .core import (OPALInputError, Schema, infer_schema, prepare_frame, validate
 from .filter import RowFilter, FilterReport
 
 # %% auto #0
-__all__ = ['GENERATED_SHARE', 'GENERATORS', 'OPALOverSampler', 'coerce_like', 'ShortfallWarning', 'fill_groups', 'make_generator',
-           'clone_generator', 'group_share', 'generated_count', 'copy_rows', 'GroupOverSampler', 'OversampleResult',
-           'oversample']
+__all__ = ['GENERATED_SHARE', 'GENERATORS', 'GroupSampler', 'OPALOverSampler', 'coerce_like', 'ShortfallWarning', 'fill_groups',
+           'make_generator', 'clone_generator', 'group_share', 'generated_count', 'copy_rows', 'GroupOverSampler',
+           'OversampleResult', 'oversample']
 
 # %% ../nbs/05_oversample.ipynb #485f3237
 GENERATED_SHARE = 1.0 # the default share of each group's missing rows the generator writes (the rest: copies of the group's real rows); chosen on validation rows by bench/bench_share.py
@@ -37,27 +37,56 @@ GENERATED_SHARE = 1.0 # the default share of each group's missing rows the gener
 GENERATORS = {'tabular': 'opal_nb.generate.TabularLM', 'smol_icl': 'opal_nb.pretrained.SmolICL', # generators by name
               'smol_tabular': 'opal_nb.pretrained.SmolTabular'}
 
-class OPALOverSampler(BaseOverSampler):
-    "Oversample classes or (label x sensitive) groups with rows written by a language model, filtered."
+class GroupSampler(BaseOverSampler):
+    """Base of opal_nb's samplers, in imbalanced-learn's shape: `fit_resample` checks `X`, `y` and the sensitive
+    features once (`_prepare`), asks the sampler's `_fit_resample` for the rows to add, and hands the real rows,
+    unchanged, followed by the new ones back in the caller's types (`_finish`)."""
 
     _parameter_constraints: dict = {
         **BaseOverSampler._parameter_constraints,
         "sampling_strategy": [Interval(numbers.Real, 0, 1, closed="right"),
                               StrOptions({"auto", "minority", "not minority", "not majority", "all", "balance groups"}),
                               dict, callable],
-        "generator": [None, StrOptions(set(GENERATORS)), HasMethods(["fit", "sample"])],
         "sensitive": [None, str, list],
+        "kinds": [None, dict],
+        "derived": [None, dict],
+    }
+    # with metadata routing on, `sensitive_features` given to `cross_validate(..., params=...)` reaches the sampler
+    __metadata_request__fit_resample = __metadata_request__fit = {"sensitive_features": True}
+
+    def fit_resample(self, X, y, *, sensitive_features=None):
+        "Resample `X`, `y`: the real rows followed by the rows the sampler adds."
+        inp = _prepare(self, X, y, sensitive_features)
+        return _finish(self, inp, self._fit_resample(inp))
+
+    def fit(self, X, y, *, sensitive_features=None):
+        "Check `X`, `y` and work out `sampling_strategy_` without adding rows; returns self."
+        _prepare(self, X, y, sensitive_features)
+        return self
+
+    def _fit_resample(self, inp) -> pd.DataFrame:
+        "The rows to add, with the columns of `inp.df`, from the checked input `inp` (a `_Prepared`)."
+        raise NotImplementedError
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse, tags.input_tags.string = False, True
+        tags.input_tags.allow_nan = getattr(self, 'method', None) != 'smote'
+        return tags
+
+class OPALOverSampler(GroupSampler):
+    "Oversample classes or (label x sensitive) groups with rows written by a language model, filtered."
+
+    _parameter_constraints: dict = {
+        **GroupSampler._parameter_constraints,
+        "generator": [None, StrOptions(set(GENERATORS)), HasMethods(["fit", "sample"])],
         "row_filter": ["boolean", HasMethods(["fit", "filter"])],
         "max_rounds": [Interval(numbers.Integral, 1, None, closed="left")],
         "overshoot": [Interval(numbers.Real, 1, None, closed="left")],
         "on_shortfall": [StrOptions({"warn", "raise"})],
-        "kinds": [None, dict],
-        "derived": [None, dict],
         "progress": ["boolean"],
         "generated_share": [Interval(numbers.Real, 0, 1, closed="both"), StrOptions({"auto"})],
     }
-    # with metadata routing on, `sensitive_features` given to `cross_validate(..., params=...)` reaches the sampler
-    __metadata_request__fit_resample = __metadata_request__fit = {"sensitive_features": True}
 
     def __init__(self,
                  generator=None, # a generator (`TabularLM`, `ChatLM`, `ReplayGenerator`...), or a name of `GENERATORS`; None: a `TabularLM`
@@ -77,8 +106,6 @@ class OPALOverSampler(BaseOverSampler):
         self.sensitive, self.row_filter, self.max_rounds, self.overshoot = sensitive, row_filter, max_rounds, overshoot
         self.on_shortfall, self.kinds, self.progress, self.derived = on_shortfall, kinds, progress, derived
         self.generated_share = generated_share
-
-    def _fit_resample(self, X, y, **kwargs): return self.fit_resample(X, y, **kwargs)
 
 # %% ../nbs/05_oversample.ipynb #b31c44a4
 def _as_frame(X) -> tuple[pd.DataFrame, str]:
@@ -374,9 +401,8 @@ def copy_rows(df: pd.DataFrame, # the real rows
     return pd.concat(parts, ignore_index=True) if parts else df.iloc[:0]
 
 @patch
-def fit_resample(self: OPALOverSampler, X, y, *, sensitive_features=None):
-    "Resample `X`, `y`: the real rows followed by the generated ones, then the copies (`generated_share` < 1)."
-    inp = _prepare(self, X, y, sensitive_features)
+def _fit_resample(self: OPALOverSampler, inp) -> pd.DataFrame:
+    "The generated rows, then the copies (`generated_share` < 1)."
     cols = [inp.target, *inp.sensitive]
     have = {(k if isinstance(k, tuple) else (k,)): int(v) for k, v in inp.counts.items()}
     written = {k: (n if not have.get(tuple(k)) else generated_count(n, self.generated_share, have[tuple(k)])) for k, n in inp.need.items()}
@@ -396,22 +422,18 @@ def fit_resample(self: OPALOverSampler, X, y, *, sensitive_features=None):
                                                  keep if self.derived else None)
     kept = [c for c in inp.df.columns if c in self.schema_.columns]  # ID columns the schema left out stay missing, as in written rows
     copied = copy_rows(inp.df[kept], copies, cols, self.random_state)
-    out = _finish(self, inp, pd.concat([synth.reindex(columns=inp.df.columns), copied], ignore_index=True))
     self.generated_mask_ = np.r_[np.zeros(len(inp.df), bool), np.ones(len(synth), bool), np.zeros(len(copied), bool)]
-    return out
+    return pd.concat([synth.reindex(columns=inp.df.columns), copied], ignore_index=True)
 
 # %% ../nbs/05_oversample.ipynb #300822fd
-class GroupOverSampler(BaseOverSampler):
+class GroupOverSampler(GroupSampler):
     "Duplication or SMOTE on classes or (label x sensitive) groups, with `OPALOverSampler`'s interface."
 
     _parameter_constraints: dict = {
-        **OPALOverSampler._parameter_constraints,
+        **GroupSampler._parameter_constraints,
         "method": [StrOptions({"duplicate", "smote"})],
         "k_neighbors": [Interval(numbers.Integral, 1, None, closed="left")],
     }
-    _parameter_constraints = {k: v for k, v in _parameter_constraints.items()
-                              if k not in ('generator', 'row_filter', 'max_rounds', 'overshoot', 'on_shortfall', 'progress', 'generated_share')}
-    __metadata_request__fit_resample = __metadata_request__fit = {"sensitive_features": True}
 
     def __init__(self,
                  method: str = 'smote', # 'duplicate' (RandomOverSampler) or 'smote' (SMOTE / SMOTENC / SMOTEN)
@@ -425,7 +447,6 @@ class GroupOverSampler(BaseOverSampler):
         self.method, self.sampling_strategy, self.random_state = method, sampling_strategy, random_state
         self.sensitive, self.k_neighbors, self.kinds, self.derived = sensitive, k_neighbors, kinds, derived
 
-    def _fit_resample(self, X, y, **kwargs): return self.fit_resample(X, y, **kwargs)
 
 # %% ../nbs/05_oversample.ipynb #fb79e6a5
 def _imblearn_sampler(method, schema: Schema, features: list[str], target_counts: dict, smallest: int, k: int, seed):
@@ -445,12 +466,11 @@ def _group_codes(df: pd.DataFrame, cols: list[str]) -> tuple[np.ndarray, dict]:
 
 # %% ../nbs/05_oversample.ipynb #d087115e
 @patch
-def fit_resample(self: GroupOverSampler, X, y, *, sensitive_features=None):
-    "Resample `X`, `y` with duplication or SMOTE per group: the real rows followed by the new ones."
-    inp = _prepare(self, X, y, sensitive_features)
+def _fit_resample(self: GroupOverSampler, inp) -> pd.DataFrame:
+    "The rows duplication or SMOTE adds per group."
     df, cols, need = inp.df, [inp.target, *inp.sensitive], inp.need
     feats = [c for c in self.schema_.names if c not in cols] + inp.sensitive  # ID columns left out of the schema stay missing
-    if not any(need.values()): return _finish(self, inp, df.iloc[:0])
+    if not any(need.values()): return df.iloc[:0]
     method = self.method
     label, inv = _group_codes(df, cols)
     present = {k: int(n) for k, n in zip(*np.unique(label, return_counts=True))}
@@ -464,21 +484,7 @@ def fit_resample(self: GroupOverSampler, X, y, *, sensitive_features=None):
     Xr, lr = sampler.fit_resample(df[feats], label)
     new = pd.DataFrame(Xr, columns=feats).iloc[len(df):].reset_index(drop=True)
     for j, c in enumerate(cols): new[c] = [inv[l][j] for l in np.asarray(lr)[len(df):]]
-    return _finish(self, inp, new)
-
-# %% ../nbs/05_oversample.ipynb #dd979769
-@patch
-def fit(self: OPALOverSampler | GroupOverSampler, X, y, *, sensitive_features=None):
-    "Check `X`, `y` and work out `sampling_strategy_` without generating rows; returns self."
-    _prepare(self, X, y, sensitive_features)
-    return self
-
-@patch
-def __sklearn_tags__(self: OPALOverSampler | GroupOverSampler):
-    tags = BaseOverSampler.__sklearn_tags__(self)
-    tags.input_tags.sparse, tags.input_tags.string = False, True
-    tags.input_tags.allow_nan = getattr(self, 'method', None) != 'smote'
-    return tags
+    return new
 
 # %% ../nbs/05_oversample.ipynb #390fb899
 @dataclass

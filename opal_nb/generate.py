@@ -689,7 +689,7 @@ def sample_to_disk(self: TabularLM, n: int, # total number of rows
         progress = dict(run, seed=as_seed(self._rng if random_state is None else random_state), chunks_done=0, rows_done=0)
         atomic_write(path / 'schema.json', schema_to_json(self.schema_))
         atomic_write(path / 'progress.json', json.dumps(progress, indent=1))
-    for stale in path.glob('*.tmp'): stale.unlink()
+    for stale in path.glob('.*.part'): stale.unlink()  # what a killed `atomic_write` left
     todo = range(progress['chunks_done'], -(-int(n) // int(chunk_size)))
     if max_chunks is not None: todo = todo[:max_chunks]
     for k in tqdm(todo, desc='chunks', disable=not self.progress, leave=False):

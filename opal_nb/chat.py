@@ -6,8 +6,9 @@ Docs: https://opal-nb.github.io/opal_nb/chat.html.md"""
 
 # %% ../nbs/03b_chat.ipynb #d48d1b0d
 from __future__ import annotations
-import contextlib, hashlib, importlib.util, json, math, os, random, tempfile, threading, time, warnings
+import contextlib, hashlib, importlib.util, json, math, os, random, threading, time, warnings
 from concurrent.futures import ThreadPoolExecutor
+from numbers import Integral, Real
 from pathlib import Path
 
 from fastcore.basics import patch
@@ -15,7 +16,8 @@ from fastcore.basics import patch
 import numpy as np
 import pandas as pd
 
-from .core import OPALInputError, BaseGenerator, Schema, validate_frame, infer_schema, prepare_frame, coerce_frame
+from .core import OPALInputError, BaseGenerator, Schema, validate_frame, infer_schema, prepare_frame, coerce_frame, as_seed, atomic_write, group_mask, RANDOM_STATE
+from sklearn.utils._param_validation import Interval, StrOptions
 from .prompt import check_text_schema, few_shot_messages, parse_rows, PromptTemplate
 
 # %% auto #0
@@ -24,6 +26,15 @@ __all__ = ['ChatLM', 'ChatLMError', 'request_key', 'ResponseCache', 'OpenAIChat'
 # %% ../nbs/03b_chat.ipynb #fe387ebe
 class ChatLM(BaseGenerator):
     "Rows written by a chat model shown `n_examples` real rows of the group (OPAL's in-context generator)."
+    _parameter_constraints = {
+        'base_url': [None, str], 'backend': [None, StrOptions({'openai', 'transformers'})], 'api_key_env': [None, str],
+        **{k: [Interval(Integral, 1, None, closed='left')] for k in ('n_examples', 'rows_per_request', 'max_tokens', 'max_concurrency')},
+        'max_requests': [None, Interval(Integral, 1, None, closed='left')], 'max_retries': [Interval(Integral, 0, None, closed='left')],
+        'timeout': [Interval(Real, 0, None, closed='neither')],
+        **{k: [Interval(Real, 0, None, closed='left')] for k in ('backoff', 'max_backoff', 'temperature')},
+        'top_p': [None, Interval(Real, 0, 1, closed='right')], 'extra_params': [None, dict],
+        'cache_dir': [None, str, os.PathLike], 'model_name': [None, str], 'random_state': RANDOM_STATE,
+    }
     def __init__(self,
                  model=None, # model name on the server; or, locally, a folder, a .gguf file or a (model, tokenizer) pair
                  base_url: str | None = None, # OpenAI-compatible server, e.g. 'http://127.0.0.1:8000'; None: local model
@@ -39,7 +50,7 @@ class ChatLM(BaseGenerator):
                  max_tokens: int = 1024, # longest answer, in tokens
                  extra_params: dict | None = None, # more request fields for the server (part of the cache key)
                  timeout: float = 60.0, # seconds per HTTP request
-                 max_retries: int = 4, # retries per request after connection errors, timeouts, 429 and 5xx
+                 max_retries: int = 4, # retries per request (by the openai client) after connection errors, timeouts, 408, 409, 429 and 5xx
                  backoff: float = 1.0, # first retry waits about this long (seconds), doubling each time
                  max_backoff: float = 30.0, # longest wait between retries
                  max_concurrency: int = 4, # requests in flight at once (HTTP backend)
@@ -89,33 +100,23 @@ class ResponseCache:
         except (FileNotFoundError, NotADirectoryError, ValueError): return None
 
     def put(self, key: str, record: dict) -> None:
-        "Store `record` under `key` (temporary file, then `os.replace`)."
-        p = self.path(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix='.tmp-', suffix='.json')
-        try:
-            with os.fdopen(fd, 'w', encoding='utf-8') as f:
-                json.dump(record, f, ensure_ascii=False)
-                f.flush(); os.fsync(f.fileno())
-            os.replace(tmp, p)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
-            raise
+        "Store `record` under `key` (`atomic_write`: a reader never sees half an answer)."
+        atomic_write(self.path(key), json.dumps(record, ensure_ascii=False))
 
 # %% ../nbs/03b_chat.ipynb #5aef5f8d
-def _read_completion(data: dict) -> dict:
-    "Text, finish reason and token counts of an OpenAI chat-completion response."
-    choice = data['choices'][0]
-    content = choice['message'].get('content')
+def _read_completion(completion) -> dict:
+    "Text, finish reason and token counts of a chat completion returned by the openai client."
+    choice = completion.choices[0]
+    content = choice.message.content
     if content is not None and not isinstance(content, str): raise TypeError(f"message content is {type(content).__name__}")
-    usage = data.get('usage') or {}
-    return dict(content=content or '', finish_reason=choice.get('finish_reason'),
-                usage=dict(prompt_tokens=int(usage.get('prompt_tokens') or 0),
-                           completion_tokens=int(usage.get('completion_tokens') or 0)))
+    usage = completion.usage
+    return dict(content=content or '', finish_reason=choice.finish_reason,
+                usage=dict(prompt_tokens=int(getattr(usage, 'prompt_tokens', 0) or 0),
+                           completion_tokens=int(getattr(usage, 'completion_tokens', 0) or 0)))
 
 # %% ../nbs/03b_chat.ipynb #803af61a
 class OpenAIChat:
-    "Chat completions from an OpenAI-compatible server, with a timeout, retries, backoff and jitter."
+    "Chat completions from an OpenAI-compatible server through the `openai` client, with a timeout, retries, backoff and jitter."
     def __init__(self, base_url: str, # server root, e.g. 'http://127.0.0.1:8000' or 'https://api.openai.com/v1'
                  model: str, # model name the server knows
                  api_key_env: str | None = 'OPENAI_API_KEY', # environment variable holding the key; read per request
@@ -123,13 +124,13 @@ class OpenAIChat:
                  max_retries: int = 4, # retries after the first attempt
                  backoff: float = 1.0, # first retry waits about this many seconds, doubling each time
                  max_backoff: float = 30.0, # longest wait between attempts
-                 max_connections: int = 4, # connection pool size
+                 max_connections: int = 4, # size of the client's connection pool
                 ):
         if not isinstance(base_url, str) or not base_url.startswith(('http://', 'https://')):
             raise OPALInputError(f"base_url must start with http:// or https://, got {base_url!r}")
         self.base_url, self.model, self.api_key_env = base_url.rstrip('/'), model, api_key_env
         self.timeout, self.max_retries, self.backoff, self.max_backoff = timeout, max_retries, backoff, max_backoff
-        self.max_connections, self._client, self._lock, self._jitter = max_connections, None, threading.Lock(), random.Random()
+        self.max_connections, self._client, self._lock = max_connections, None, threading.Lock()
 
     @property
     def url(self) -> str:
@@ -142,64 +143,80 @@ class OpenAIChat:
 
 # %% ../nbs/03b_chat.ipynb #e2fe0ff6
 @patch
-def _get_client(self: OpenAIChat):
-    import httpx
-    with self._lock:
-        if self._client is None:
-            limits = httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections)
-            self._client = httpx.Client(timeout=httpx.Timeout(self.timeout), limits=limits)
-        return self._client
+def _key(self: OpenAIChat) -> str:
+    "The API key in the environment variable `api_key_env`, read now ('' if there is none)."
+    return (os.environ.get(self.api_key_env) if self.api_key_env else None) or ''
 
 @patch
-def _headers(self: OpenAIChat) -> dict:
-    key = os.environ.get(self.api_key_env) if self.api_key_env else None
-    return {'Content-Type': 'application/json', **({'Authorization': f'Bearer {key}'} if key else {})}
+def _get_client(self: OpenAIChat):
+    "The `openai.OpenAI` client of this server, made on first use."
+    import httpx2, openai  # httpx2: the openai client's HTTP library, whose pool is sized here
+    with self._lock:
+        if self._client is None:
+            pool = httpx2.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections)
+            self._client = openai.OpenAI(base_url=self.url.removesuffix('/chat/completions'), api_key=self._key,
+                                         timeout=float(self.timeout), max_retries=int(self.max_retries),
+                                         http_client=openai.DefaultHttpxClient(limits=pool))
+            # the client's retry loop asks this (private) hook how long to sleep; its own rule has no setting
+            self._client._calculate_retry_timeout = self._wait
+        return self._client
 
 @patch
 def _mask(self: OpenAIChat, text: str, limit: int = 300) -> str:
     "Server text shortened for an error message, with the key (if any) masked."
-    key = os.environ.get(self.api_key_env) if self.api_key_env else None
+    key = self._key()
     text = str(text)
     if key: text = text.replace(key, '***')
     return text[:limit] + ('...' if len(text) > limit else '')
 
 @patch
-def _wait(self: OpenAIChat, attempt: int, retry_after: str | None = None) -> float:
-    "Seconds to sleep before retry number `attempt` (1, 2, ...)."
+def _wait(self: OpenAIChat, remaining_retries: int, options=None, response_headers=None) -> float:
+    "Seconds the client sleeps before a retry (`remaining_retries` left, this one included): Retry-After, or backoff with jitter."
+    retry_after = response_headers.get('retry-after') if response_headers is not None else None
     if retry_after:
         with contextlib.suppress(ValueError): return min(self.max_backoff, max(0.0, float(retry_after)))
-    return min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * self._jitter.uniform(0.5, 1.0)
+    retry = self.max_retries - remaining_retries + 1
+    return min(self.max_backoff, self.backoff * 2 ** (retry - 1)) * random.uniform(0.5, 1.0)
 
 # %% ../nbs/03b_chat.ipynb #547250eb
-_RETRY_STATUS = {408, 409, 425, 429}
+@patch
+def _gave_up(self: OpenAIChat, request, last: str) -> str:
+    "Message for a request that failed for good; the client's retry-count header of the last request tells how many were sent."
+    try: n = int(request.headers['x-stainless-retry-count']) + 1
+    except (AttributeError, KeyError, TypeError, ValueError): n = self.max_retries + 1
+    return (f"{self.url} (model {self.model!r}) failed {n} time{'s' if n > 1 else ''}; last: {last}. "
+            f"Check that the server is running and reachable, or raise timeout= / max_retries=")
 
 @patch
 def complete(self: OpenAIChat,
              messages: list[dict], # OpenAI chat messages
              params: dict, # generation parameters (temperature, max_tokens, seed, ...)
             ) -> dict:
-    "Post one chat completion; returns {'content', 'finish_reason', 'usage'}; raises `ChatLMError`."
-    import httpx
-    body, last, retry_after = dict(model=self.model, messages=messages, **params), None, None
-    for attempt in range(self.max_retries + 1):
-        if attempt: time.sleep(self._wait(attempt, retry_after))
-        retry_after = None
-        try: r = self._get_client().post(self.url, json=body, headers=self._headers())
-        except httpx.TimeoutException: last = f"no answer within timeout={self.timeout} s"; continue
-        except httpx.TransportError as e: last = f"{type(e).__name__}: {self._mask(e)}"; continue
-        if r.status_code in _RETRY_STATUS or r.status_code >= 500:
-            last, retry_after = f"HTTP {r.status_code}: {self._mask(r.text)}", r.headers.get('retry-after'); continue
-        if r.status_code in (401, 403):
-            raise ChatLMError(f"{self.url} refused the request for model {self.model!r} (HTTP {r.status_code}): "
-                              f"set the environment variable {self.api_key_env} to a valid API key")
-        if r.status_code >= 400:
-            raise ChatLMError(f"{self.url} rejected the request for model {self.model!r} (HTTP {r.status_code}: "
-                              f"{self._mask(r.text)}); check the model name and the generation parameters")
-        try: return _read_completion(r.json())
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-            last = f"unreadable answer ({type(e).__name__}: {e}): {self._mask(r.text)}"
-    raise ChatLMError(f"{self.url} (model {self.model!r}) failed {self.max_retries + 1} times; last: {last}. "
-                      f"Check that the server is running and reachable, or raise timeout= / max_retries=")
+    "Send one chat completion (the openai client retries); returns {'content', 'finish_reason', 'usage'}; raises `ChatLMError`."
+    import openai
+    no_key = {} if self._key() else {'Authorization': openai.omit}  # without it the client refuses to send a request with no key
+    unreadable = lambda e, text: (f"{self.url} (model {self.model!r}) sent an unreadable answer ({type(e).__name__}: {self._mask(e)}): "
+                                  f"{self._mask(text)}. Check that base_url is the address of an OpenAI-compatible server")
+    try:  # params go as extra_body: they may hold fields of a given server (extra_params) that create() has no argument for
+        completion = self._get_client().chat.completions.create(model=self.model, messages=messages,
+                                                               extra_body=params, extra_headers=no_key)
+    except openai.APIStatusError as e:
+        code, text = e.status_code, self._mask(e.response.text)
+        if code in (401, 403):
+            msg = (f"{self.url} refused the request for model {self.model!r} (HTTP {code}): "
+                   f"set the environment variable {self.api_key_env} to a valid API key")
+        elif code in (408, 409, 429) or code >= 500: msg = self._gave_up(e.request, f"HTTP {code}: {text}")
+        else: msg = (f"{self.url} rejected the request for model {self.model!r} (HTTP {code}: {text}); "
+                     f"check the model name and the generation parameters")
+    except openai.APITimeoutError as e: msg = self._gave_up(e.request, f"no answer within timeout={self.timeout} s")
+    except openai.APIConnectionError as e:
+        cause = e.__cause__ or e
+        msg = self._gave_up(e.request, f"{type(cause).__name__}: {self._mask(cause)}")
+    except json.JSONDecodeError as e: msg = unreadable(e, e.doc)
+    else:
+        try: return _read_completion(completion)
+        except (LookupError, TypeError, AttributeError) as e: msg = unreadable(e, completion)
+    raise ChatLMError(msg)  # outside the except clauses: the client's exception, which quotes the server unmasked, is not chained
 
 # %% ../nbs/03b_chat.ipynb #501fba38
 class LocalChat:
@@ -291,22 +308,13 @@ def tiny_chat_model(folder: str | Path, # where to save the model and tokenizer
 # %% ../nbs/03b_chat.ipynb #6f797faa
 @patch
 def _check_params(self: ChatLM):
+    self._validate_params()  # scikit-learn's check of `_parameter_constraints`; what depends on the backend follows
     name = self._backend_name()
-    if name not in ('openai', 'transformers'): raise OPALInputError(f"backend must be 'openai' or 'transformers', got {name!r}")
     if self.model is None: raise OPALInputError("model is required: the model name on the server, or a local folder / (model, tokenizer) pair")
     if name == 'openai' and not self.base_url: raise OPALInputError(f"backend 'openai' needs base_url, e.g. 'http://127.0.0.1:8000' (model {self.model!r})")
     if name == 'openai' and not str(self.base_url).startswith(('http://', 'https://')):
         raise OPALInputError(f"base_url must start with http:// or https://, got {self.base_url!r}")
     if name == 'openai' and not isinstance(self.model, str): raise OPALInputError(f"backend 'openai' needs the model's name on the server as a string, got {type(self.model).__name__}")
-    for a in ('n_examples', 'rows_per_request', 'max_tokens', 'max_concurrency'):
-        v = getattr(self, a)
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1: raise OPALInputError(f"{a} must be a whole number >= 1, got {v!r}")
-    if self.max_requests is not None and (not isinstance(self.max_requests, (int, np.integer)) or self.max_requests < 1):
-        raise OPALInputError(f"max_requests must be a whole number >= 1 or None, got {self.max_requests!r}")
-    if not isinstance(self.max_retries, (int, np.integer)) or self.max_retries < 0: raise OPALInputError(f"max_retries must be a whole number >= 0, got {self.max_retries!r}")
-    for a in ('timeout', 'backoff', 'max_backoff', 'temperature'):
-        v = getattr(self, a)
-        if not isinstance(v, (int, float)) or v < 0 or (a == 'timeout' and v == 0): raise OPALInputError(f"{a} must be a number > 0, got {v!r}")
 
 # %% ../nbs/03b_chat.ipynb #c820a9c2
 @patch
@@ -386,17 +394,11 @@ def _request(self: ChatLM, pool: pd.DataFrame, group: dict, seed: int, index: in
 # %% ../nbs/03b_chat.ipynb #00dc0fb8
 @patch
 def _seed(self: ChatLM, random_state) -> int:
-    rs = self.random_state if random_state is None else random_state
-    if rs is None: return int(np.random.SeedSequence().entropy % 2**32)
-    if isinstance(rs, np.random.Generator): return int(rs.integers(2**32))
-    if isinstance(rs, np.random.RandomState): return int(rs.randint(2**31))
-    if isinstance(rs, (int, np.integer)) and not isinstance(rs, bool): return int(rs)
-    raise OPALInputError(f"random_state must be None, an int or a numpy Generator, got {rs!r}")
+    return as_seed(self.random_state if random_state is None else random_state, bits=32)  # servers read a 32-bit seed
 
 @patch
 def _group_rows(self: ChatLM, group: dict) -> pd.DataFrame:
-    mask = np.ones(len(self.data_), dtype=bool)
-    for c, v in group.items(): mask &= (self.data_[c] == v).to_numpy()
+    mask = group_mask(self.data_, group)
     if not mask.any(): raise OPALInputError(f"group {group} has no rows in the data ChatLM was fitted on: a chat model needs real rows of a group to write more")
     return self.data_[mask]
 
@@ -411,8 +413,7 @@ def _parse(self: ChatLM, text: str, group: dict, index: int) -> tuple[pd.DataFra
     if not text.strip(): chatter.append(dict(text=text, reason='empty answer', request=index))
     if chatter: rejected = pd.concat([rejected, pd.DataFrame(chatter)], ignore_index=True)
     if len(rows):
-        off = np.zeros(len(rows), dtype=bool)
-        for c, v in group.items(): off |= (rows[c] != v).to_numpy()
+        off = ~group_mask(rows, group)
         if off.any():
             rejected = pd.concat([rejected, pd.DataFrame(dict(text=[str(r) for r in rows[off].to_dict('records')],
                                                                 reason='not in the requested group', request=index))], ignore_index=True)

@@ -1,4 +1,4 @@
-"""ChatLM against real OpenAI-compatible servers on loopback.
+"""ChatLM against real OpenAI-compatible servers on loopback, through the official `openai` client.
 
 Two servers are used:
 - `ChatServer`: a real HTTP server (http.server, 127.0.0.1) speaking /v1/chat/completions that the test
@@ -9,8 +9,9 @@ Two servers are used:
   `transformers[serving]` is not installed): the real server stack; its rows are garbage.
 """
 from __future__ import annotations
-import json, math, os, pickle, secrets, shutil, socket, subprocess, sys, threading, time, warnings
+import json, math, os, pickle, secrets, shutil, socket, subprocess, sys, threading, time, traceback, warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,7 @@ class ChatServer:
                 body = json.loads(self.rfile.read(int(self.headers['Content-Length'])))
                 with server.lock:
                     i = len(server.bodies)
-                    server.bodies.append(body); server.headers.append(dict(self.headers))
+                    server.bodies.append(body); server.headers.append(self.headers)  # case-insensitive: the client sends 'authorization'
                     server.in_flight += 1; server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 try: server._answer(self, i, body)
                 finally:
@@ -82,7 +83,7 @@ class ChatServer:
             return
         if kind == 'status':
             data, code, extra = json.dumps({'error': {'message': args[1] if len(args) > 1 else 'boom'}}).encode(), args[0], args[2:] 
-        elif kind == 'raw': data, code, extra = args[0].encode(), 200, ()
+        elif kind == 'raw': data, code, extra = args[0].encode(), 200, args[1:]  # ('raw', text, (header, value), ...)
         else:
             content = args[0]
             data = json.dumps({'id': f'r{i}', 'object': 'chat.completion', 'model': body['model'],
@@ -91,7 +92,8 @@ class ChatServer:
                                          'completion_tokens': len(content) // 4}}).encode()
             code, extra = 200, ()
         h.send_response(code)
-        h.send_header('Content-Type', 'application/json'); h.send_header('Content-Length', str(len(data)))
+        if not any(name.lower() == 'content-type' for name, _ in extra): h.send_header('Content-Type', 'application/json')
+        h.send_header('Content-Length', str(len(data)))
         for name, value in extra: h.send_header(name, value)
         h.end_headers(); h.wfile.write(data)
 
@@ -204,6 +206,46 @@ def test_retry_after_500s_succeeds(server, tmp_path):
     assert len(rows) == 2 and s.count == 3
 
 
+def test_backoff_sets_the_clients_waits(server, monkeypatch):
+    # the openai client's own waits (0.5 s doubling, x[0.75, 1]) would fall outside every range below
+    sleeps = []
+    monkeypatch.setattr(time, 'sleep', sleeps.append)  # the client sleeps with time.sleep; nothing else runs here
+    s = server(lambda i, body: ('status', 503, 'overloaded'))
+    api = OpenAIChat(s.url, 'row-writer', api_key_env=None, max_retries=3, backoff=0.1, max_backoff=0.25)
+    with pytest.raises(ChatLMError, match="failed 4 times; last: HTTP 503: "):
+        api.complete([{'role': 'user', 'content': 'hi'}], {})
+    assert s.count == 4 and len(sleeps) == 3
+    for w, (lo, hi) in zip(sleeps, [(0.05, 0.1), (0.1, 0.2), (0.125, 0.25)]): assert lo <= w <= hi, sleeps
+
+
+def test_retry_after_is_capped_by_max_backoff(server, monkeypatch):
+    sleeps = []
+    monkeypatch.setattr(time, 'sleep', sleeps.append)
+    s = server(lambda i, body: ('status', 429, 'slow down', ('Retry-After', ['0.2', '5'][i])) if i < 2 else ('text', 'ok'))
+    api = OpenAIChat(s.url, 'row-writer', api_key_env=None, max_retries=3, max_backoff=1.5)
+    assert api.complete([{'role': 'user', 'content': 'hi'}], {})['content'] == 'ok'
+    assert sleeps == [0.2, 1.5] and s.count == 3
+
+
+@pytest.mark.parametrize('plan, match', [
+    (('status', 429, 'slow down', ('Retry-After', '600')), "failed 1 time; last: HTTP 429: "),
+    (('status', 425, 'too early'), "rejected the request for model 'row-writer' \\(HTTP 425: "),
+    (('status', 503, 'down', ('x-should-retry', 'false')), "failed 1 time; last: HTTP 503: ")])
+def test_the_clients_own_rules_are_not_retried(server, plan, match):
+    # rules of the openai client with no setting: a Retry-After above 120 s, a 425, and x-should-retry: false end at once
+    s = server(lambda i, body: plan)
+    with pytest.raises(ChatLMError, match=match):
+        OpenAIChat(s.url, 'row-writer', api_key_env=None, max_retries=3, backoff=0.01).complete([{'role': 'user', 'content': 'hi'}], {})
+    assert s.count == 1
+
+
+def test_connection_pool_holds_max_connections(server):
+    s = server(lambda i, body: (time.sleep(0.3), ('text', 'ok'))[1])
+    api = OpenAIChat(s.url, 'row-writer', api_key_env=None, max_connections=1, timeout=10)
+    with ThreadPoolExecutor(3) as ex: list(ex.map(lambda _: api.complete([{'role': 'user', 'content': 'hi'}], {}), range(3)))
+    assert s.count == 3 and s.max_in_flight == 1
+
+
 def test_429_with_retry_after_is_honoured(server, tmp_path):
     s = server(lambda i, body: ('status', 429, 'slow down', ('Retry-After', '0.3')) if i == 0 else ('text', rows_answer(body)))
     t = time.perf_counter()
@@ -264,11 +306,19 @@ def test_default_budget_is_finite(server, tmp_path):
     assert s.count == 2 * math.ceil(5 / 2) + 2
 
 
-def test_unreadable_body_is_retried_then_raises(server, tmp_path):
-    s = server(lambda i, body: ('raw', '<html>gateway</html>'))
-    with pytest.raises(ChatLMError, match="unreadable answer"):
-        chat(s.url, tmp_path / 'c', max_retries=1, max_concurrency=1).sample(2, group=GROUP)
-    assert s.count == 2
+@pytest.mark.parametrize('content_type', ['application/json', 'text/html'])
+def test_unreadable_body_raises_at_once(server, tmp_path, key, content_type):
+    # the openai client retries transport errors and status codes only: a 200 that is no chat completion is raised at once
+    s = server(lambda i, body: ('raw', f'<html>gateway; your key {key}</html>', ('Content-Type', content_type)))
+    with pytest.raises(ChatLMError, match="sent an unreadable answer") as e:
+        chat(s.url, tmp_path / 'c', max_retries=3, max_concurrency=1).sample(2, group=GROUP)
+    assert s.count == 1
+    assert 'gateway' in str(e.value) and key not in str(e.value) and '***' in str(e.value)
+
+
+def shown(e) -> str:
+    "All a traceback of the error would print, chained exceptions included."
+    return ''.join(traceback.format_exception(e.type, e.value, e.tb))
 
 
 def test_wrong_key_says_which_variable_and_hides_the_key(server, tmp_path, key):
@@ -276,11 +326,49 @@ def test_wrong_key_says_which_variable_and_hides_the_key(server, tmp_path, key):
     with pytest.raises(ChatLMError) as e:
         chat(s.url, tmp_path / 'c', max_concurrency=1).sample(2, group=GROUP)
     assert KEY_ENV in str(e.value) and key not in str(e.value)
+    assert key not in shown(e) and e.value.__context__ is None  # the client's error quotes the body unmasked: not chained
     assert s.count == 1  # a 401 is not retried
     s2 = server(lambda i, body: ('status', 400, f'bad model; your key was {key}'))
     with pytest.raises(ChatLMError) as e:
         chat(s2.url, tmp_path / 'c', max_concurrency=1).sample(2, group=GROUP)
     assert 'HTTP 400' in str(e.value) and key not in str(e.value) and '***' in str(e.value)
+    assert key not in shown(e) and s2.count == 1
+    s3 = server(lambda i, body: ('status', 503, f'down; your key was {key}'))
+    with pytest.raises(ChatLMError) as e:
+        chat(s3.url, tmp_path / 'c', max_concurrency=1, max_retries=1).sample(2, group=GROUP)
+    assert 'failed 2 times; last: HTTP 503: ' in str(e.value) and '***' in str(e.value) and key not in shown(e)
+
+
+def test_no_key_sends_no_authorization_and_never_openai_api_key(server, tmp_path, monkeypatch):
+    # the openai client alone would refuse to send without a key, or read OPENAI_API_KEY: neither may happen
+    monkeypatch.setenv('OPENAI_API_KEY', 'sk-not-for-this-server-' + secrets.token_hex(8))
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    s = server()
+    assert len(chat(s.url, tmp_path / 'a').sample(2, group=GROUP)) == 2  # api_key_env names an unset variable
+    assert len(chat(s.url, tmp_path / 'b', api_key_env=None).sample(2, group=GROUP)) == 2
+    assert s.count == 2 and [h.get('Authorization') for h in s.headers] == [None, None]
+
+
+def test_key_is_read_for_each_request(server, tmp_path, monkeypatch):
+    s = server()
+    lm = chat(s.url, None, max_concurrency=1)
+    monkeypatch.setenv(KEY_ENV, 'sk-first-' + secrets.token_hex(8)); lm.sample(2, group=GROUP, random_state=1)
+    monkeypatch.setenv(KEY_ENV, 'sk-second-' + secrets.token_hex(8)); lm.sample(2, group=GROUP, random_state=2)
+    monkeypatch.delenv(KEY_ENV); lm.sample(2, group=GROUP, random_state=3)
+    assert [(h.get('Authorization') or '')[:13] for h in s.headers] == ['Bearer sk-fir', 'Bearer sk-sec', '']
+
+
+def test_client_made_once_kept_out_of_pickles(server, key):
+    s = server(lambda i, body: ('text', 'ok'))
+    api = OpenAIChat(s.url, 'row-writer', api_key_env=KEY_ENV)
+    assert api.complete([{'role': 'user', 'content': 'hi'}], {'seed': 1})['content'] == 'ok'
+    client = api._get_client()
+    assert api._get_client() is client and str(client.base_url) == s.url + '/v1/'
+    blob = pickle.dumps(api)
+    assert key.encode() not in blob and b'openai' not in blob
+    again = pickle.loads(blob)
+    assert again._client is None and again.url == api.url
+    assert again._get_client() is not client
 
 
 def test_interrupted_run_resumes(server, tmp_path, key):

@@ -499,6 +499,10 @@ class BaseGenerator(BaseEstimator):
         try: return super().set_params(**params)
         except ValueError as e: raise OPALInputError(str(e)) from None
 
+    def _repr_mimebundle_(self, **kwargs):
+        "Plain text in a notebook: scikit-learn's HTML view of an estimator weighs some 40 KB per cell."
+        return {'text/plain': repr(self)}
+
     def _validate_params(self):
         "Check the constructor arguments against `_parameter_constraints`; the `OPALInputError` names the bad one."
         try: validate_parameter_constraints(self._parameter_constraints, self.get_params(deep=False), caller_name=type(self).__name__)

@@ -37,10 +37,11 @@ def valid_mask(out: pd.DataFrame, schema, group: dict) -> np.ndarray:
     return ok
 
 
-def generate_hf(self: TabularLM, prompt: list, written: list, m: int) -> torch.LongTensor:
+def generate_hf(self: TabularLM, prompt: list, written: list, m: int, generator=None) -> torch.LongTensor:
     "The former `TabularLM._generate`: `model.generate` with `SchemaConstraint` as a LogitsProcessor (the reference path)."
     codec = self.codec_
     ids = torch.tensor([prompt] * m)
+    if generator is not None: torch.manual_seed(int(torch.randint(2 ** 62, (1,), generator=generator)))  # generate() draws from the global RNG
     return self.model_.generate(
         ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0,
         max_new_tokens=codec.max_length - len(prompt), logits_processor=LogitsProcessorList([SchemaConstraint(codec, len(prompt), written)]),

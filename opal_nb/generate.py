@@ -21,9 +21,10 @@ from transformers import GPT2Config, GPT2LMHeadModel, LogitsProcessor, PreTraine
 from .core import (OPALInputError, BaseGenerator, Schema, coerce_frame, infer_schema, prepare_frame,
                           schema_from_json, schema_to_json, validate_frame, as_seed, atomic_write, torch_threads, RANDOM_STATE, _py)
 from sklearn.utils._param_validation import Interval
+from .decode import TokenConstraint, decode_rows, resolve_device, model_device
 
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'RowCodec', 'SchemaConstraint', 'TabularLM', 'decode_rows', 'chunk_seed', 'read_samples']
+__all__ = ['SPECIAL_TOKENS', 'RowCodec', 'SchemaConstraint', 'TabularLM', 'chunk_seed', 'read_samples']
 
 # %% ../nbs/03_generate.ipynb #ea9c137b
 SPECIAL_TOKENS = ['<pad>', '<bos>', '<eos>', '<sep>', '<na>', '<unk>']
@@ -245,7 +246,7 @@ def tokenizer(self: RowCodec) -> PreTrainedTokenizerFast:
 # %% ../nbs/03_generate.ipynb #68dadfc8
 _COLUMN, _VALUE, _DIGITS, _SEPARATOR, _DONE = range(5)
 
-class SchemaConstraint(LogitsProcessor):
+class SchemaConstraint(TokenConstraint, LogitsProcessor):
     "Mask the logits so each sequence writes every column once with a valid value, then `<eos>`."
     def __init__(self, codec: RowCodec, # the token layout
                  prompt_length: int, # length of the prompts (the constraint starts after them)
@@ -359,6 +360,7 @@ class TabularLM(BaseGenerator):
         'pretrained': [None, str, os.PathLike],
         'random_state': RANDOM_STATE,
         'progress': ['boolean'],
+        'device': [str, torch.device],
     }
     def __init__(self,
                  n_layer: int = 2, # transformer blocks
@@ -379,13 +381,14 @@ class TabularLM(BaseGenerator):
                  random_state: int | None = None, # seed of the weights, column orders and sampling
                  progress: bool = True, # show progress bars
                  n_threads: int | None = 1, # torch threads in fit and sample (None: torch's setting); 1 suits small models
+                 device: str = 'auto', # where the model trains and samples: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda'...
                 ):
         self.n_layer, self.n_embd, self.n_head, self.dropout = n_layer, n_embd, n_head, dropout
         self.epochs, self.steps, self.batch_size = epochs, steps, batch_size
         self.learning_rate, self.max_steps, self.group_first = learning_rate, max_steps, group_first
         self.temperature, self.top_p = temperature, top_p
         self.sample_batch_size, self.n_positions, self.pretrained = sample_batch_size, n_positions, pretrained
-        self.random_state, self.progress, self.n_threads = random_state, progress, n_threads
+        self.random_state, self.progress, self.n_threads, self.device = random_state, progress, n_threads, device
 
 def _no_rejects() -> pd.DataFrame: return pd.DataFrame({'text': pd.Series(dtype=str), 'reason': pd.Series(dtype=str)})
 
@@ -444,10 +447,10 @@ def fit(self: TabularLM, df: pd.DataFrame, # the training table
     schema, df = prepare_frame(df, target, sensitive, schema)
     codec = RowCodec(schema)
     encoded = codec.encode_frame(df)
-    seed = as_seed(self.random_state)
-    with torch.random.fork_rng(devices=[]), torch_threads(self.n_threads):
+    seed, dev = as_seed(self.random_state), resolve_device(self.device)
+    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == 'cuda' else [], device_type=dev.type), torch_threads(self.n_threads):
         torch.manual_seed(seed)
-        model = self._new_model(codec)
+        model = self._new_model(codec).to(dev)
         per_epoch = -(-len(encoded) // self.batch_size)
         epochs = self.epochs if self.epochs is not None else -(-self.steps // per_epoch)
         max_steps = self.max_steps
@@ -464,6 +467,7 @@ def _train(model, batches, rng, epochs, max_steps, lr, per_epoch, progress) -> t
     "AdamW with linear warm-up and cosine decay; returns the mean loss of each epoch and the number of steps."
     total = epochs * per_epoch if max_steps is None else min(max_steps, epochs * per_epoch)
     if total == 0: return [], 0
+    dev = model_device(model)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warm = max(1, total // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, 0.5 * (1 + math.cos(math.pi * min(s, total) / total))))
@@ -472,7 +476,7 @@ def _train(model, batches, rng, epochs, max_steps, lr, per_epoch, progress) -> t
     for _ in bar:
         losses = []
         for ids, mask, labels in batches(rng):
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), labels=labels.to(dev)).loss
             opt.zero_grad(); loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step(); sched.step(); step += 1
@@ -497,11 +501,11 @@ def sample(self: TabularLM, n: int, # number of rows
     seed = as_seed(self._rng if random_state is None else random_state)
     rows, rejected = [], []
     if len(group) == codec.n_columns: rows = [dict(group)] * int(n)
-    with torch.random.fork_rng(devices=[]), torch.inference_mode(), torch_threads(self.n_threads), tqdm(total=int(n), desc='sample', disable=not self.progress, leave=False) as bar:
-        torch.manual_seed(seed)
+    generator = torch.Generator(model_device(self.model_)).manual_seed(seed)
+    with torch.inference_mode(), torch_threads(self.n_threads), tqdm(total=int(n), desc='sample', disable=not self.progress, leave=False) as bar:
         while len(rows) < n:
             m = min(self.sample_batch_size, int(n) - len(rows))
-            for ids in self._generate(prompt, list(group), m).tolist():
+            for ids in self._generate(prompt, list(group), m, generator).tolist():
                 try: rows.append(codec.decode(ids))
                 except ValueError as e: rejected.append(dict(text=codec.text(ids), reason=str(e)))
             bar.update(m)
@@ -511,108 +515,12 @@ def sample(self: TabularLM, n: int, # number of rows
     return coerce_frame(out, self.schema_)
 
 @patch
-def _generate(self: TabularLM, prompt: list[int], written: list[str], m: int) -> torch.LongTensor:
-    "Token ids of `m` rows continuing `prompt`, sampled under the schema constraint."
+def _generate(self: TabularLM, prompt: list[int], written: list[str], m: int, generator: torch.Generator | None = None) -> torch.LongTensor:
+    "Token ids of `m` rows continuing `prompt`, sampled under the schema constraint by the engine."
     codec = self.codec_
     new = decode_rows(self.model_, prompt, SchemaConstraint(codec, len(prompt), written), m, codec.max_length - len(prompt),
-                      temperature=self.temperature, top_p=self.top_p, pad=codec.pad, eos=codec.eos)
+                      temperature=self.temperature, top_p=self.top_p, pad=codec.pad, eos=codec.eos, generator=generator)
     return torch.cat([torch.tensor([prompt]).expand(m, -1), new], 1)
-
-# %% ../nbs/03_generate.ipynb #2e79b429
-def _top_p(scores: torch.Tensor, top_p: float) -> torch.Tensor:
-    "Nucleus filtering as `transformers.TopPLogitsWarper`: scores outside the top tokens holding `top_p` of the probability set to -inf."
-    if top_p >= 1: return scores
-    ordered, idx = scores.sort(-1)  # ascending
-    drop = ordered.softmax(-1).cumsum(-1) <= 1 - top_p
-    drop[:, -1] = False  # the most likely token always stays
-    return scores.masked_fill(drop.scatter(1, idx, drop), float('-inf'))
-
-def _draw(scores: torch.Tensor) -> torch.LongTensor:
-    "One token per row from softmax(`scores`), by inverting the cumulative sum with one uniform number per row."
-    cdf = scores.softmax(-1).cumsum(-1)
-    u = (1 - torch.rand(len(cdf), 1)) * cdf[:, -1:]  # in (0, total]: a token whose probability is 0 is never picked
-    return (cdf < u).sum(-1)
-
-class _GPT2Steps:
-    "Next-token logits of a `GPT2LMHeadModel` for `m` sequences sharing a prompt, one token at a time, with a preallocated time-major KV cache."
-    def __init__(self, model: GPT2LMHeadModel, prompt: list[int], m: int, max_length: int):
-        cfg, self.tr, self.head = model.config, model.transformer, model.lm_head.weight
-        self.m, self.E, self.H = m, cfg.n_embd, cfg.n_head
-        self.D, L = self.E // self.H, max_length
-        self.K = [torch.empty(L, m, self.H, self.D) for _ in self.tr.h]  # (position, sequence, head, dim): a step's
-        self.V = [torch.empty(L, m, self.H, self.D) for _ in self.tr.h]  # keys so far are one contiguous slice
-        self.scale = [(self.D ** -0.5 if cfg.scale_attn_weights else 1.0) / ((i + 1) if cfg.scale_attn_by_inverse_layer_idx else 1)
-                      for i in range(cfg.n_layer)]
-        self.gelu = cfg.activation_function == 'gelu_new'  # the same function as torch's tanh-approximated gelu, fused
-        self.t = 0
-        for tok in prompt: logits = self._forward(torch.tensor([tok]), 1)  # the shared prompt, once
-        P = len(prompt)
-        for K, V in zip(self.K, self.V): K[:P, 1:], V[:P, 1:] = K[:P, :1], V[:P, :1]
-        self.first = logits.expand(m, -1)
-
-    def __call__(self, tokens: torch.LongTensor) -> torch.Tensor: return self._forward(tokens, self.m)
-
-    def _forward(self, tokens, b):
-        t, E = self.t, self.E
-        x = self.tr.wte.weight[tokens] + self.tr.wpe.weight[t]
-        for K, V, scale, blk in zip(self.K, self.V, self.scale, self.tr.h):
-            attn, mlp = blk.attn, blk.mlp
-            q, k, v = torch.addmm(attn.c_attn.bias, blk.ln_1(x), attn.c_attn.weight).view(b, 3, self.H, self.D).unbind(1)
-            K[t, :b], V[t, :b] = k, v
-            w = (K[:t + 1, :b] * (q * scale)).sum(-1).softmax(0)  # (position, sequence, head)
-            o = (w[..., None] * V[:t + 1, :b]).sum(0).reshape(b, E)
-            x = x + torch.addmm(attn.c_proj.bias, o, attn.c_proj.weight)
-            h = torch.addmm(mlp.c_fc.bias, blk.ln_2(x), mlp.c_fc.weight)
-            h = torch.nn.functional.gelu(h, approximate='tanh') if self.gelu else mlp.act(h)
-            x = x + torch.addmm(mlp.c_proj.bias, h, mlp.c_proj.weight)
-        self.t += 1
-        return self.tr.ln_f(x) @ self.head.T
-
-class _CachedSteps:
-    "The same for any causal LM, through its own `forward` and a `transformers` cache (slower: per-call bookkeeping)."
-    def __init__(self, model, prompt: list[int], m: int, max_length: int):
-        out = model(input_ids=torch.tensor([prompt]), use_cache=True)
-        self.model, self.cache = model, getattr(out, 'cache', None)
-        if self.cache is None: self.cache = out.past_key_values
-        self.cache.batch_repeat_interleave(m)
-        self.kw = 'cache' if 'cache' in inspect.signature(model.forward).parameters else 'past_key_values'
-        self.first = out.logits[:, -1].expand(m, -1)
-
-    def __call__(self, tokens: torch.LongTensor) -> torch.Tensor:
-        return self.model(input_ids=tokens[:, None], use_cache=True, **{self.kw: self.cache}).logits[:, -1]
-
-def _fast_path(model) -> bool:
-    cfg = model.config
-    return isinstance(model, GPT2LMHeadModel) and not getattr(cfg, 'add_cross_attention', False) and model.lm_head.bias is None
-
-# %% ../nbs/03_generate.ipynb #d59499a1
-def decode_rows(model, # a causal LM (a `GPT2LMHeadModel` takes the fast path)
-                prompt: list[int], # token ids every row starts with
-                constraint: SchemaConstraint, # which tokens are allowed at each step
-                m: int, # rows to write
-                max_new_tokens: int, # at most this many tokens after the prompt
-                temperature: float = 1.0, # softmax temperature
-                top_p: float = 1.0, # nucleus sampling (applied after the constraint's mask)
-                pad: int = 0, # token written after a row's end
-                eos: int = 2, # the end-of-row token
-                fast: bool | None = None, # force (True) or avoid (False) the GPT-2 fast path; None: when the model allows it
-               ) -> torch.LongTensor:
-    "(m, <= max_new_tokens) ids sampled after `prompt` under `constraint`, `pad` after `eos`; torch's global RNG draws."
-    with torch.inference_mode():
-        steps = (_GPT2Steps if (_fast_path(model) if fast is None else fast) else _CachedSteps)(model, prompt, m, len(prompt) + max_new_tokens)
-        logits, out = steps.first, torch.full((m, max_new_tokens), pad)
-        done, nxt = torch.zeros(m, dtype=torch.bool), None
-        for t in range(max_new_tokens):
-            allowed = constraint.step(nxt, m)
-            if allowed.shape[1] < logits.shape[1]: allowed = torch.nn.functional.pad(allowed, (0, logits.shape[1] - allowed.shape[1]))
-            scores = logits.masked_fill(~allowed, float('-inf'))
-            if temperature != 1: scores = scores / temperature
-            nxt = torch.where(done, pad, _draw(_top_p(scores, top_p)))
-            out[:, t] = nxt
-            done |= nxt == eos
-            if done.all() or t == max_new_tokens - 1: break
-            logits = steps(nxt)
-        return out[:, :t + 1].clone() if max_new_tokens else out
 
 # %% ../nbs/03_generate.ipynb #85b28966
 @patch
@@ -625,7 +533,7 @@ def save(self: TabularLM, path: str | Path # directory to write (created if need
     self.model_.save_pretrained(path)
     self.tokenizer_.save_pretrained(path)
     (path / 'schema.json').write_text(schema_to_json(self.schema_))
-    params = {k: str(v) if isinstance(v, Path) else v for k, v in self.get_params().items()}
+    params = {k: str(v) if isinstance(v, (Path, torch.device)) else v for k, v in self.get_params().items()}
     if not isinstance(params['random_state'], (int, type(None))): params['random_state'] = None  # a Generator is not saved
     (path / 'tabular_lm.json').write_text(json.dumps(dict(params=params, history=self.history_), indent=1))
     return path
@@ -644,7 +552,7 @@ def load(cls: TabularLM, path: str | Path # directory written by `save`
     if tokenizer.convert_ids_to_tokens(list(range(len(codec.vocab)))) != codec.vocab:
         raise OPALInputError(f"the tokenizer saved in {str(path)!r} does not match its schema")
     self.schema_, self.codec_, self.tokenizer_, self.history_ = schema, codec, tokenizer, meta['history']
-    self.model_ = GPT2LMHeadModel.from_pretrained(path).eval()
+    self.model_ = GPT2LMHeadModel.from_pretrained(path).eval().to(resolve_device(self.device))
     self._rng = np.random.default_rng(as_seed(self.random_state))
     return self
 

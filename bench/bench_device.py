@@ -20,7 +20,7 @@ def tabular(device: str, steps: int, rows: int) -> dict:
     df = load_diabetes(as_frame=True, scaled=False).frame
     df = df.assign(label=(df.target > 140).astype(int)).drop(columns='target')
     t = time.perf_counter()
-    lm = TabularLM(max_steps=steps, random_state=0, progress=False, device=device, n_threads=None).fit(df, target='label', sensitive=['sex'])
+    lm = TabularLM(max_steps=steps, random_state=0, progress=False, device=device).fit(df, target='label', sensitive=['sex'])
     if device == 'cuda': torch.cuda.synchronize()
     fit_s = time.perf_counter() - t
     t = time.perf_counter(); out = lm.sample(rows, {'label': 1, 'sex': 2.0}, random_state=0); sample_s = time.perf_counter() - t
@@ -31,7 +31,7 @@ def smol(device: str) -> dict:
     from opal_nb.data import load_default
     from opal_nb.pretrained import SmolICL
     data = load_default().frame
-    icl = SmolICL(n_examples=10, batch_size=32, random_state=0, progress=False, device=device, n_threads=None).fit(data, 'high_progression', ['sex'])
+    icl = SmolICL(n_examples=10, batch_size=32, random_state=0, progress=False, device=device).fit(data, 'high_progression', ['sex'])
     icl.sample(1, {'high_progression': 1, 'sex': 2})  # loads the model
     t = time.perf_counter(); out = icl.sample(32, {'high_progression': 1, 'sex': 2}); s = time.perf_counter() - t
     return dict(device=device, generator='SmolICL (SmolLM2)', fit_s=float('nan'), sample_s=s, rows_per_s=len(out) / s)

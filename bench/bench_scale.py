@@ -38,8 +38,11 @@ unless said otherwise (issue 12 item 4):
   training on more than 32,000 rows   a whole epoch (6,250 steps at 100k rows) -> `steps` (2,000): linear -> flat in rows
   still quadratic in rows: filter_nn, each generated row's exact distance to all real rows (about 1.7 generated rows
   per real row; brute force, as KD and ball trees were 8x and 58x slower on these 84-dimension encodings).
-The full grid needs about 2.5 CPU-hours (sampling ~170,000 rows of ~190 tokens dominates 100k x 50); it did not finish
-within the session that wrote this script (the quick mode takes about 2 minutes). Its CSV is rewritten after every size.
+The full grid needs about 1.3 CPU-hours on a loaded machine (bench/results/scale.csv, 2026-12-02, `--resume` after the 1k x 20
+size of an earlier session): 100k x 50 took 2,435 s in `fit_resample`, 2,091 s of it sampling 175,228 rows of 189 tokens,
+peak RSS 1.3 GB. Sampling grows linearly with rows (the rows asked for do) and with tokens per row; training is flat in rows
+(`steps`) and grows with row length; filter_nn is the one quadratic stage (exponent 2.07 from 10k to 100k rows, 132 s at
+100k x 20). The quick mode takes about 2 minutes. The CSV is rewritten after every size.
 """
 import argparse, json, os, resource, subprocess, sys, threading, time
 from pathlib import Path

@@ -16,7 +16,7 @@ from fastcore.basics import patch
 import numpy as np
 import pandas as pd
 
-from .core import OPALInputError, BaseGenerator, Schema, validate_frame, infer_schema, prepare_frame, coerce_frame, as_seed, atomic_write, group_mask, RANDOM_STATE
+from .core import OPALInputError, BaseGenerator, Schema, validate_frame, infer_schema, prepare_frame, coerce_frame, as_seed, atomic_write, check_count, group_mask, RANDOM_STATE
 from sklearn.utils._param_validation import Interval, StrOptions
 from .prompt import check_text_schema, few_shot_messages, parse_rows, PromptTemplate
 
@@ -428,7 +428,7 @@ def sample(self: ChatLM,
           ) -> pd.DataFrame:
     "Up to `n` new rows of `group`, asked from the chat model; sets `rejected_`."
     group = self._check_group(group)
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0: raise OPALInputError(f"n must be a whole number >= 0, got {n!r}")
+    n = check_count(n)
     pool, seed = self._group_rows(group), self._seed(random_state)
     budget = self.max_requests or 2 * math.ceil(n / self.rows_per_request) + 2
     got, rejected, asked = [], [], 0

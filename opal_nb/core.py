@@ -20,8 +20,8 @@ from sklearn.utils._param_validation import Interval, InvalidParameterError, val
 __all__ = ['RANDOM_STATE', 'OPALInputError', 'mixed_type_problem', 'validate_frame', 'ColumnSpec', 'infer_precision',
            'infer_column', 'Schema', 'IDColumnWarning', 'id_like_columns', 'infer_schema', 'check_frame',
            'prepare_frame', 'schema_to_json', 'schema_from_json', 'coerce_frame', 'group_counts', 'group_key',
-           'group_dict', 'group_mask', 'rows_needed', 'cramers_v', 'as_seed', 'atomic_write', 'markdown_table',
-           'torch_threads', 'BaseGenerator']
+           'group_dict', 'group_mask', 'rows_needed', 'cramers_v', 'as_seed', 'check_count', 'atomic_write',
+           'markdown_table', 'torch_threads', 'BaseGenerator']
 
 # %% ../nbs/00_core.ipynb #71cf6343
 class OPALInputError(ValueError):
@@ -436,6 +436,14 @@ def as_seed(random_state, # None (fresh entropy), an int >= 0, or a numpy Genera
     if isinstance(random_state, np.random.RandomState): return int(random_state.randint(2 ** bits - 1, dtype=np.int64))
     if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool) and random_state >= 0: return int(random_state)
     raise OPALInputError(f"random_state must be None, a non-negative int or a numpy Generator; got {random_state!r}")
+
+def check_count(v, # a count from the caller, such as `sample`'s n
+                name: str = 'n', # its name, for the message
+                low: int = 0, # the smallest allowed
+               ) -> int:
+    "`v` as an int if it is a whole number >= `low` (numpy ints too, not bools or floats); else an `OPALInputError` naming it."
+    if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < low: raise OPALInputError(f"{name} must be an int >= {low}; got {v!r}")
+    return int(v)
 
 # %% ../nbs/00_core.ipynb #00019119
 def atomic_write(path: str | Path, # the file to write (its folder is made)

@@ -19,7 +19,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, decoders
 from transformers import GPT2Config, GPT2LMHeadModel, LogitsProcessor, PreTrainedTokenizerFast
 
 from .core import (OPALInputError, BaseGenerator, Schema, coerce_frame, infer_schema, prepare_frame,
-                          schema_from_json, schema_to_json, validate_frame, as_seed, atomic_write, torch_threads, RANDOM_STATE, _py)
+                          schema_from_json, schema_to_json, validate_frame, as_seed, atomic_write, check_count, torch_threads, RANDOM_STATE, _py)
 from sklearn.utils._param_validation import Interval
 from .decode import TokenConstraint, decode_rows, resolve_device, model_device
 
@@ -495,7 +495,7 @@ def sample(self: TabularLM, n: int, # number of rows
           ) -> pd.DataFrame:
     "`n` new rows of `group`, columns in schema order with their original dtypes."
     group = self._check_group(group)
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0: raise OPALInputError(f"n must be an int >= 0; got {n!r}")
+    n = check_count(n)
     codec = self.codec_
     prompt = codec.prefix(group)  # also checks numeric group values (range, precision)
     seed = as_seed(self._rng if random_state is None else random_state)
@@ -585,8 +585,7 @@ def sample_to_disk(self: TabularLM, n: int, # total number of rows
                   ) -> Path:
     "Write `n` rows of `group` to CSV chunks in folder `path`, resuming a run found there; returns the folder."
     group = self._check_group(group)
-    for name, v, low in (('n', n, 0), ('chunk_size', chunk_size, 1)):
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low: raise OPALInputError(f"{name} must be an int >= {low}; got {v!r}")
+    n, chunk_size = check_count(n), check_count(chunk_size, 'chunk_size', low=1)
     self.codec_.prefix(group)  # checks numeric group values before anything is written
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

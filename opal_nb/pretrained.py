@@ -17,7 +17,7 @@ from fastcore.basics import patch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor
 
-from .core import OPALInputError, BaseGenerator, Schema, ColumnSpec, coerce_frame, infer_schema, prepare_frame, validate_frame, as_seed, group_mask, torch_threads, RANDOM_STATE, _py
+from .core import OPALInputError, BaseGenerator, Schema, ColumnSpec, coerce_frame, infer_schema, prepare_frame, validate_frame, as_seed, check_count, group_mask, torch_threads, RANDOM_STATE, _py
 from sklearn.utils._param_validation import Interval, StrOptions
 from .prompt import check_text_schema, format_value, few_shot_messages, parse_rows, row_to_text, rows_to_text, PromptTemplate, _column_order
 from .chat import smollm2_path
@@ -383,9 +383,7 @@ def _trie(tokenizer) -> TokenTrie:
     if key not in _TRIES or _TRIES[key][0] is not tokenizer: _TRIES[key] = (tokenizer, TokenTrie(tokenizer))
     return _TRIES[key][1]
 
-def _check_n(n) -> int:
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0: raise OPALInputError(f"n must be a whole number >= 0, got {n!r}")
-    return int(n)
+
 
 # %% ../nbs/03d_pretrained.ipynb #33df1a72
 def _fit_schema(df, target, sensitive, schema) -> tuple[Schema, pd.DataFrame]:
@@ -428,7 +426,7 @@ def sample(self: SmolICL, n: int, # rows wanted
            random_state: int | None = None, # seed of this call (None: the next of the generator's stream)
           ) -> pd.DataFrame:
     "`n` new rows of `group`, each written after a prompt with real rows of it."
-    group, n = self._check_group(group), _check_n(n)
+    group, n = self._check_group(group), check_count(n)
     pool = self.data_[group_mask(self.data_, group)]
     if not len(pool): raise OPALInputError(f"group {group} has no rows in the data SmolICL was fitted on: the prompt needs real rows of it")
     rng = np.random.default_rng(as_seed(self._rng if random_state is None else random_state))
@@ -685,7 +683,7 @@ def sample(self: SmolTabular, n: int, # rows wanted
            random_state: int | None = None, # seed of this call (None: the next of the generator's stream)
           ) -> pd.DataFrame:
     "`n` new rows of `group`, written by the fine-tuned model under the schema constraint."
-    group, n = self._check_group(group), _check_n(n)
+    group, n = self._check_group(group), check_count(n)
     tok = self._lm()[1]
     rng = np.random.default_rng(as_seed(self._rng if random_state is None else random_state))
     trie = _trie(tok)

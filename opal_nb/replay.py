@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import OPALInputError, Schema, BaseGenerator, infer_schema, prepare_frame, group_mask
+from .core import OPALInputError, Schema, BaseGenerator, infer_schema, prepare_frame, group_mask, check_count
 from .prompt import parse_rows, ParsedRows
 
 # %% auto #0
@@ -75,7 +75,7 @@ def _sample(self: ReplayGenerator,
            ) -> pd.DataFrame:
     "The next `n` unreturned rows of `group` in source order (fewer if the source runs out)."
     group = self._check_group(group)
-    if not isinstance(n, (int, np.integer)) or n < 0: raise OPALInputError(f"n must be a whole number >= 0, got {n!r}")
+    n = check_count(n)
     idx = np.flatnonzero(~self._used & group_mask(self.rows_, group))[:n]
     self._used[idx] = True
     self.rejected_ = self.parsed_.rejected.iloc[:0] if self._reported else self.parsed_.rejected

@@ -413,7 +413,7 @@ def test_bad_input(server, tmp_path):
     lm = chat(s.url, tmp_path / 'c')
     with pytest.raises(OPALInputError, match="not one of its levels"):
         lm.sample(2, group={'sex': 'Robot'})
-    with pytest.raises(OPALInputError, match="n must be a whole number"):
+    with pytest.raises(OPALInputError, match="n must be an int >= 0"):
         lm.sample(-1, group=GROUP)
     with pytest.raises(OPALInputError, match="has no rows"):
         ChatLM('m', base_url=s.url).fit(PEOPLE.iloc[:8], 'income', schema=SCHEMA).sample(2, group=GROUP)

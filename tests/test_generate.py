@@ -297,6 +297,7 @@ def test_encode_frame_matches_encode_value(data):
         'y': data.draw(st.lists(st.sampled_from(['no', 'yes']), min_size=n, max_size=n)),
     })
     df.loc[0, 'y'], df.loc[1, 'y'] = 'no', 'yes'  # two classes
+    df.loc[0, 'x'], df.loc[0, 'c'] = 0.75, 'a'  # a column with no value at all is refused (OPALInputError: drop it)
     schema = infer_schema(df, target='y', kinds={'code': 'categorical'})
     codec = RowCodec(schema)
     frame = df[schema.names]

@@ -195,7 +195,7 @@ def test_icl_bad_input(tiny):
     icl = SmolICL(tiny, progress=False)
     with pytest.raises(OPALInputError, match='not fitted'): icl.sample(2)
     icl.fit(PEOPLE, 'income', ['sex'])
-    with pytest.raises(OPALInputError, match='n must be a whole number'): icl.sample(-1)
+    with pytest.raises(OPALInputError, match='n must be an int >= 0'): icl.sample(-1)
     with pytest.raises(OPALInputError, match="not one of its levels"): icl.sample(2, group={'sex': 'Other'})
     with pytest.raises(OPALInputError, match="not in the schema"): icl.sample(2, group={'colour': 'red'})
     with pytest.raises(OPALInputError, match="The 'temperature' parameter of SmolICL must be a float in the range \\(0.0, inf\\)"): SmolICL(temperature=0).fit(PEOPLE, 'income')

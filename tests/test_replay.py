@@ -125,7 +125,7 @@ def test_bad_input(people):
     with pytest.raises(OPALInputError, match='not fitted'): ReplayGenerator(ANSWER).sample(1)
     with pytest.raises(OPALInputError, match='not fitted'): ReplayGenerator(ANSWER).reset()
     gen = ReplayGenerator(ANSWER).fit(people, 'income', ['sex'])
-    with pytest.raises(OPALInputError, match='n must be a whole number'): gen.sample(-1)
+    with pytest.raises(OPALInputError, match='n must be an int >= 0'): gen.sample(-1)
     with pytest.raises(OPALInputError, match="group names column 'salary'"): gen.sample(1, group={'salary': 1})
     with pytest.raises(OPALInputError, match="column 'income' is not in the frame"): ReplayGenerator(ANSWER).fit(people.drop(columns='income'), 'income')
     assert people.shape == (6, 3)  # the caller's frame is not modified

@@ -15,7 +15,7 @@ library's functions (time of a nested stage is not counted in its parent); resid
 
   prepare      `_prepare` and every `prepare_frame` (schema inference, rounding, checks)
   encode       `TabularLM.fit` outside training: RowCodec, per-value token encoding, model and tokenizer set-up
-  train        `_train` (default: 2000 AdamW steps of 16 rows, so flat in rows and growing with row length)
+  train        `train_model` (default: 2000 AdamW steps of 16 rows, so flat in rows and growing with row length)
   sample       `TabularLM.sample` (constrained decoding of every generated row)
   filter_fit   `RowFilter.fit` outside the neighbour search: canonical values, row keys, distance encoding
   filter_fit_nn  the real rows' leave-one-out nearest-neighbour distances (the near-copy threshold)
@@ -137,7 +137,7 @@ def worker(rows: int, columns: int, steps: int | None, seed: int) -> dict:
     for mod in (O, G, F): st.wrap(mod, 'prepare_frame', 'prepare')
     st.wrap(O, '_prepare', 'prepare')
     st.wrap(G.TabularLM, 'fit', 'encode')
-    st.wrap(G, '_train', 'train')
+    st.wrap(G, 'train_model', 'train')
     st.wrap(G.TabularLM, 'sample', 'sample')
     st.wrap(F.RowFilter, 'fit', 'filter_fit')
     st.wrap(F.RowFilter, 'filter', 'filter')

@@ -1,4 +1,4 @@
-"""The one decoding engine of opal_nb: the shared prompt prefilled once, a batch of rows sampled token by token under a pluggable constraint, forced tokens jump-forwarded, on the model's device.
+"""The one decoding engine of opal_nb (the shared prompt prefilled once, a batch of rows sampled token by token under a pluggable constraint, forced tokens jump-forwarded, on the model's device) and its one training loop.
 
 Docs: https://opal-nb.github.io/opal_nb/decode.html.md"""
 
@@ -9,12 +9,13 @@ from __future__ import annotations
 import inspect
 
 import torch
-from transformers import GPT2LMHeadModel, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+from tqdm.auto import tqdm
+from transformers import GPT2LMHeadModel, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper, get_scheduler
 
 from .core import OPALInputError
 
 # %% auto #0
-__all__ = ['resolve_device', 'model_device', 'TokenConstraint', 'PatternConstraint', 'warpers', 'decode_rows']
+__all__ = ['resolve_device', 'model_device', 'TokenConstraint', 'PatternConstraint', 'warpers', 'decode_rows', 'train_model']
 
 # %% ../nbs/02b_decode.ipynb #be919742
 def resolve_device(device='auto' # 'auto' (CUDA when available, else CPU), or a torch device name such as 'cpu', 'cuda:1'
@@ -251,3 +252,34 @@ def decode_rows(model, # a causal LM (a `GPT2LMHeadModel` takes the fast path)
                 logits = steps(torch.stack(pending, 1).to(dev)); calls, fed, pending = calls + 1, fed + 1, []
         if stats is not None: stats.update(steps=t, model_calls=calls, tokens_fed=fed, forced_steps=forced_steps)
         return out[:, :t].clone()
+
+# %% ../nbs/02b_decode.ipynb #12a0e363
+def train_model(model, # a torch model; its parameters that require a gradient are trained
+                batches, # an iterable of batches, each handed to `loss`
+                loss, # batch -> the scalar loss tensor to minimise
+                steps: int, # optimizer steps (fewer if `batches` runs out first)
+                lr: float, # the peak learning rate
+                weight_decay: float = 0.0, # AdamW's weight decay
+                warmup: float = 0.05, # the share of `steps` spent warming up linearly (at least one step)
+                scheduler: str = 'cosine', # a `transformers` scheduler name ('cosine', 'linear', 'constant_with_warmup', ...)
+                max_grad_norm: float | None = 1.0, # clip the gradient norm to this (None: no clipping)
+                progress: bool = False, # show a progress bar with the loss
+                desc: str = 'train', # the progress bar's label
+               ) -> list[float]:
+    "Train `model` with AdamW under a `transformers` schedule; returns the loss of each step. The model is left in train mode."
+    if steps <= 0: return []
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params: raise OPALInputError("train_model: the model has no parameter that requires a gradient")
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = get_scheduler(scheduler, opt, num_warmup_steps=max(1, int(warmup * steps)), num_training_steps=steps)
+    model.train()
+    losses = []
+    with tqdm(total=steps, desc=desc, disable=not progress, leave=False) as bar:
+        for batch in batches:
+            value = loss(batch)
+            opt.zero_grad(); value.backward()
+            if max_grad_norm is not None: torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            opt.step(); sched.step()
+            losses.append(value.item()); bar.update(); bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if len(losses) >= steps: break
+    return losses

@@ -21,7 +21,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LogitsProcessor, PreTraine
 from .core import (OPALInputError, BaseGenerator, Schema, coerce_frame, infer_schema, prepare_frame,
                           schema_from_json, schema_to_json, validate_frame, as_seed, atomic_write, check_count, torch_threads, RANDOM_STATE, _py)
 from sklearn.utils._param_validation import Interval
-from .decode import TokenConstraint, decode_rows, resolve_device, model_device
+from .decode import TokenConstraint, decode_rows, resolve_device, model_device, train_model
 
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'RowCodec', 'SchemaConstraint', 'TabularLM', 'chunk_seed', 'read_samples']
@@ -456,36 +456,16 @@ def fit(self: TabularLM, df: pd.DataFrame, # the training table
         max_steps = self.max_steps
         if self.epochs is None and per_epoch > self.steps:  # more than steps x batch_size rows: `steps` steps, not a whole epoch
             max_steps = self.steps if max_steps is None else min(max_steps, self.steps)
-        self.history_, self.n_steps_ = _train(model, lambda rng: self._training_batches(encoded, codec, rng), np.random.default_rng(seed),
-                               epochs, max_steps, self.learning_rate, per_epoch, self.progress)
+        total = epochs * per_epoch if max_steps is None else min(max_steps, epochs * per_epoch)
+        rng = np.random.default_rng(seed)
+        batches = (b for _ in range(epochs) for b in self._training_batches(encoded, codec, rng))  # new row and column orders each epoch
+        def loss(b): return model(**{k: t.to(dev) for k, t in zip(('input_ids', 'attention_mask', 'labels'), b)}).loss
+        losses = train_model(model, batches, loss, total, self.learning_rate, weight_decay=0.01, warmup=0.05, progress=self.progress, desc='fit')
+        self.history_, self.n_steps_ = [float(np.mean(losses[i:i + per_epoch])) for i in range(0, len(losses), per_epoch)], len(losses)
     model.eval()
     self.schema_, self.codec_, self.model_, self.tokenizer_ = schema, codec, model, codec.tokenizer()
     self._rng, self.rejected_ = np.random.default_rng(seed), _no_rejects()
     return self
-
-def _train(model, batches, rng, epochs, max_steps, lr, per_epoch, progress) -> tuple[list[float], int]:
-    "AdamW with linear warm-up and cosine decay; returns the mean loss of each epoch and the number of steps."
-    total = epochs * per_epoch if max_steps is None else min(max_steps, epochs * per_epoch)
-    if total == 0: return [], 0
-    dev = model_device(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    warm = max(1, total // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, 0.5 * (1 + math.cos(math.pi * min(s, total) / total))))
-    model.train()
-    history, step, bar = [], 0, tqdm(range(epochs), desc='fit', disable=not progress, leave=False)
-    for _ in bar:
-        losses = []
-        for ids, mask, labels in batches(rng):
-            loss = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), labels=labels.to(dev)).loss
-            opt.zero_grad(); loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step(); sched.step(); step += 1
-            losses.append(loss.item())
-            if step >= total: break
-        history.append(float(np.mean(losses)))
-        bar.set_postfix(loss=f"{history[-1]:.3f}")
-        if step >= total: break
-    return history, step
 
 # %% ../nbs/03_generate.ipynb #9c6059ac
 @patch

@@ -21,7 +21,7 @@ from .core import OPALInputError, BaseGenerator, Schema, ColumnSpec, coerce_fram
 from sklearn.utils._param_validation import Interval, StrOptions
 from .prompt import check_text_schema, format_value, few_shot_messages, parse_rows, row_to_text, rows_to_text, PromptTemplate, _column_order
 from .chat import smollm2_path
-from .decode import TokenConstraint, decode_rows, resolve_device, model_device
+from .decode import TokenConstraint, decode_rows, resolve_device, model_device, train_model
 
 # %% auto #0
 __all__ = ['SmolICL', 'load_smollm2', 'token_bytes', 'TokenTrie', 'RowGrammar', 'RowConstraint', 'sample_rows', 'SmolTabular',
@@ -657,24 +657,15 @@ def _vocab_head(model, vocab: torch.LongTensor | None):
     finally: hf.lm_head = head
 
 def _fine_tune(model, encoded, rng, steps, batch_size, lr, vocab=None, states=None, n_frozen=0, progress=False) -> list[float]:
-    "AdamW with warm-up and cosine decay on random batches of `encoded`; returns the loss per step."
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    warm = max(1, steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, 0.5 * (1 + math.cos(math.pi * s / steps))))
-    model.train()
-    losses = []
-    for _ in (bar := tqdm(range(steps), desc='fine-tune', disable=not progress, leave=False)):
-        pick = rng.integers(len(encoded), size=batch_size)
-        ids = _pad([torch.tensor(encoded[i]) for i in pick], 0)
-        mask = _pad([torch.ones(len(encoded[i]), dtype=torch.long) for i in pick], 0)
-        start = None if states is None else _pad([states[i] for i in pick], 0.0)
-        loss = _row_loss(model, ids, mask, vocab, start, n_frozen)
-        opt.zero_grad(); loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step(); sched.step()
-        losses.append(loss.item()); bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    return losses
+    "`train_model` on random batches of `encoded` (10% warm-up, cosine decay), scored by `_row_loss`; returns the loss per step."
+    def batches():
+        while True:
+            pick = rng.integers(len(encoded), size=batch_size)
+            ids = _pad([torch.tensor(encoded[i]) for i in pick], 0)
+            mask = _pad([torch.ones(len(encoded[i]), dtype=torch.long) for i in pick], 0)
+            yield ids, mask, None if states is None else _pad([states[i] for i in pick], 0.0)
+    return train_model(model, batches(), lambda b: _row_loss(model, *b[:2], vocab, b[2], n_frozen), steps, lr,
+                       warmup=0.1, progress=progress, desc='fine-tune')
 
 # %% ../nbs/03d_pretrained.ipynb #21c56abb
 @patch

@@ -252,9 +252,16 @@ def _parsed(rows, rejected, skipped, schema) -> ParsedRows:
     return ParsedRows(coerce_frame(frame, schema), rej, skipped)
 
 # %% ../nbs/02_prompt.ipynb #7dd673ef
-def _csv_field(value, spec: ColumnSpec, names=()) -> str:
+def _exact_number(value) -> str:
+    "A number written in full, without rounding (a value that is not a number as its text, for the parser to reject)."
+    try: x = float(value)
+    except (TypeError, ValueError): return str(_py(value))
+    return str(int(x)) if x.is_integer() and abs(x) < 2**53 else np.format_float_positional(x, trim='-')
+
+def _csv_field(value, spec: ColumnSpec, names=(), exact: bool = False) -> str:
     "One value as a CSV field, quoted when needed (also when it equals a column name in `names`)."
-    s = format_value(value, spec)
+    missing = value is None or (not isinstance(value, str) and pd.isna(value))
+    s = _exact_number(value) if exact and spec.is_numeric and not missing else format_value(value, spec)
     if s == _MISSING and (spec.is_numeric or pd.isna(value)): return s
     if not spec.is_numeric:
         s = str(_py(value))
@@ -265,12 +272,15 @@ def _csv_field(value, spec: ColumnSpec, names=()) -> str:
 def rows_to_csv(df: pd.DataFrame, # rows to write
                 schema: Schema, # the table's schema
                 header: bool = True, # start with the header line
+                exact: bool = False, # rows still to be checked: numbers in full (not rounded to their column's precision), and `df`'s other columns too
                ) -> list[str]:
-    "The rows of `df` as CSV lines, columns in schema order with the target last."
-    cols = _column_order(schema)
+    "The rows of `df` as CSV lines: the schema's columns that `df` has, in schema order with the target last (then, if `exact`, the others)."
+    cols = [c for c in _column_order(schema) if c in df.columns] + ([str(c) for c in df.columns if c not in schema.columns] if exact else [])
+    df = df.rename(columns=str) if exact else df
+    specs = {c: schema[c] if c in schema.columns else ColumnSpec(c, 'categorical', 'object', levels=[]) for c in cols}
     if any(c.lower() == 'nan' for c in cols): raise OPALInputError("a column named 'NaN' cannot be written as CSV lines (NaN marks missing values): rename it")
     head = [','.join('"' + c.replace('"', '""') + '"' if (',' in c or '"' in c) else c for c in cols)] if header else []
-    return head + [','.join(_csv_field(r[c], schema[c], cols) for c in cols) for r in df.to_dict('records')]
+    return head + [','.join(_csv_field(r[c], specs[c], cols, exact) for c in cols) for r in df.to_dict('records')]
 
 # %% ../nbs/02_prompt.ipynb #a9c1e03a
 _CSV_FIELD = re.compile(r'\s*(?:"((?:[^"]|"")*)"\s*|([^,]*))(,|$)')

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .core import OPALInputError, Schema, BaseGenerator, infer_schema, prepare_frame, group_mask, check_count
-from .prompt import parse_rows, ParsedRows
+from .prompt import parse_rows, ParsedRows, rows_to_csv
 
 # %% auto #0
 __all__ = ['read_source', 'ReplayGenerator']
@@ -25,9 +25,12 @@ def _looks_like_path(source) -> bool:
 
 def read_source(source, # path (.txt or .csv), text, list of texts, or DataFrame
                 style: str | None = None, # 'text' or 'csv'; None: 'csv' for .csv files and DataFrames
+                schema: Schema | None = None, # write a DataFrame against this schema (blank levels and missing values kept apart)
                ) -> tuple[str | list[str], str]:
     "The text in `source` and the style to parse it with."
-    if isinstance(source, pd.DataFrame): return source.to_csv(index=False), style or 'csv'
+    if isinstance(source, pd.DataFrame):
+        if schema is None: return source.to_csv(index=False), style or 'csv'
+        return '\n'.join(rows_to_csv(source, schema, exact=True)), 'csv'
     if _looks_like_path(source):
         path = Path(source).expanduser()
         if not path.is_file(): raise OPALInputError(f"source file {str(path)!r} does not exist: pass an existing .txt/.csv path, or the text itself")
@@ -54,7 +57,7 @@ class ReplayGenerator(BaseGenerator):
            ) -> ReplayGenerator:
         "Infer (or take) the schema and parse the source (values of the columns the schema left out are dropped); returns self."
         self.schema_ = prepare_frame(df, target, sensitive, schema)[0]
-        text, style = read_source(self.source, self.style)
+        text, style = read_source(self.source, self.style, self.schema_)
         left_out = [c for c in df.columns if c not in self.schema_.columns]  # ID columns: rows written from the whole table carry them
         self.parsed_ = parse_rows(text, self.schema_, style=style, extra_decimals=self.extra_decimals, check_range=self.check_range, ignore=left_out)
         self.rows_, self.rejected_, self.parse_rate_ = self.parsed_.rows, self.parsed_.rejected, self.parsed_.parse_rate

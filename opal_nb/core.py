@@ -17,11 +17,11 @@ from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import Interval, InvalidParameterError, validate_parameter_constraints
 
 # %% auto #0
-__all__ = ['RANDOM_STATE', 'OPALInputError', 'mixed_type_problem', 'validate_frame', 'ColumnSpec', 'infer_precision',
-           'infer_column', 'Schema', 'IDColumnWarning', 'id_like_columns', 'infer_schema', 'check_frame',
-           'prepare_frame', 'schema_to_json', 'schema_from_json', 'coerce_frame', 'group_counts', 'group_key',
-           'group_dict', 'group_mask', 'rows_needed', 'cramers_v', 'as_seed', 'check_count', 'atomic_write',
-           'markdown_table', 'torch_threads', 'BaseGenerator']
+__all__ = ['RANDOM_STATE', 'OPALInputError', 'mixed_type_problem', 'check_columns', 'validate_frame', 'ColumnSpec',
+           'infer_precision', 'infer_column', 'Schema', 'IDColumnWarning', 'id_like_columns', 'infer_schema',
+           'check_frame', 'prepare_frame', 'schema_to_json', 'schema_from_json', 'coerce_frame', 'group_counts',
+           'group_key', 'group_dict', 'group_mask', 'rows_needed', 'cramers_v', 'as_seed', 'check_count',
+           'atomic_write', 'markdown_table', 'torch_threads', 'BaseGenerator']
 
 # %% ../nbs/00_core.ipynb #71cf6343
 class OPALInputError(ValueError):
@@ -41,6 +41,22 @@ def mixed_type_problem(col: pd.Series) -> str | None:
     return (f"column {col.name!r} mixes types: {int(nums.sum())} numeric values and {len(other)} others, "
             f"e.g. {other.iloc[0]!r}; convert it to one type (pd.to_numeric(..., errors='coerce') or .astype(str))")
 
+# %% ../nbs/00_core.ipynb #0d5fe314
+def check_columns(df, # what an entry point was given
+                  names, # columns it must have
+                  what: str = 'the frame', # how the message names `df`, e.g. 'the synthetic rows'
+                  exact: bool = False, # also refuse columns not in `names`
+                 ) -> None:
+    "Raise `OPALInputError` unless `df` is a DataFrame whose columns are named once and include `names` (only those, if `exact`)."
+    if not isinstance(df, pd.DataFrame): raise OPALInputError(f"{what} must be a pandas DataFrame, got {type(df).__name__}")
+    if df.columns.duplicated().any():
+        raise OPALInputError(f"duplicate column names {list(df.columns[df.columns.duplicated()].unique())} in {what}: rename them so each column is named once")
+    missing = [c for c in names if c not in df.columns]
+    if missing:
+        raise OPALInputError(f"{f'column {missing[0]!r} is' if len(missing) == 1 else f'columns {missing} are'} not in {what}; its columns are {list(df.columns)}")
+    extra = [c for c in df.columns if c not in set(names)] if exact else []
+    if extra: raise OPALInputError(f"columns {extra} of {what} are not in the schema: drop them first")
+
 # %% ../nbs/00_core.ipynb #ac64ae32
 def validate_frame(df: pd.DataFrame, # the table to check
                    target: str, # name of the target (label) column
@@ -48,14 +64,9 @@ def validate_frame(df: pd.DataFrame, # the table to check
                    min_classes: int = 2, # classes the target must have (a filter of one group's rows needs 1)
                   ) -> None:
     "Raise `OPALInputError` naming the problem if `df` cannot be oversampled on `target`."
-    if not isinstance(df, pd.DataFrame): raise OPALInputError(f"expected a pandas DataFrame, got {type(df).__name__}")
-    if df.columns.duplicated().any():
-        dup = list(df.columns[df.columns.duplicated()].unique())
-        raise OPALInputError(f"duplicate column names {dup}: rename them so each column is named once")
-    if len(df) == 0: raise OPALInputError("the frame is empty: at least one row per group is needed")
     sensitive = _as_list(sensitive)
-    for c in [target, *sensitive]:
-        if c not in df.columns: raise OPALInputError(f"column {c!r} is not in the frame; its columns are {list(df.columns)}")
+    check_columns(df, [target, *sensitive])
+    if len(df) == 0: raise OPALInputError("the frame is empty: at least one row per group is needed")
     if target in sensitive: raise OPALInputError(f"column {target!r} is both the target and a sensitive column")
     for c in df.columns:
         if not isinstance(c, str): raise OPALInputError(f"column name {c!r} is not a string: rename the columns with strings")
@@ -148,6 +159,9 @@ def infer_column(s: pd.Series, # one column
             raise OPALInputError(f"column {s.name!r} is declared numeric but has {int(num.isna().sum())} non-numeric values, e.g. {vals[num.isna()].iloc[0]!r}")
         if len(num) == 0: raise OPALInputError(f"column {s.name!r} has no values: drop it")
         prec = 0 if pd.api.types.is_integer_dtype(s) else infer_precision(num, max_precision)
+        big = max(abs(float(num.min())), abs(float(num.max())))
+        whole = len(str(int(big))) if math.isfinite(big) else 0
+        prec = min(prec, max(0, 15 - whole))  # a float64 holds about 15 significant digits: decimals past them are noise
         lo, hi = _outward(_py(num.min()), prec, up=False), _outward(_py(num.max()), prec, up=True)
         return ColumnSpec(s.name, 'numeric', str(s.dtype), prec, lo, hi, None, bool(s.isna().any()))
     levels = sorted({_py(v) for v in vals.unique()}, key=lambda v: (str(type(v)), str(v)))
@@ -216,27 +230,95 @@ def infer_schema(df: pd.DataFrame, # the training table
     cols = {c: infer_column(df[c], kinds.get(c), max_precision) for c in df.columns if c not in ids}
     return Schema(cols, target, sensitive)
 
+# %% ../nbs/00_core.ipynb #64b180ce
+def _is_missing(v) -> bool:
+    "True for None, NaN, pd.NA and NaT (never raises on odd objects)."
+    if v is None or v is pd.NA or v is pd.NaT: return True
+    return isinstance(v, (float, np.floating)) and math.isnan(v)
+
+def _number_text(x: float) -> str: return np.format_float_positional(x, trim='-')
+
+def _numeric_value(v, spec) -> tuple:
+    "(canonical number, None) if `v` fits the numeric `spec`, else (None, problem)."
+    if _is_missing(v): return (np.nan, None) if spec.missing else (None, 'missing')
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (numbers.Real, np.integer, np.floating, str)):
+        return None, f'non-number {v!r}'
+    try: x = float(v.strip() if isinstance(v, str) else v)
+    except (ValueError, OverflowError): return None, f'non-number {v!r}'
+    if not math.isfinite(x): return None, f'non-number {v!r}'
+    tol = 10.0 ** -(spec.precision + 3)
+    if (spec.minimum is not None and x < spec.minimum - tol) or (spec.maximum is not None and x > spec.maximum + tol):
+        return None, f'{_number_text(x)} outside [{spec.minimum}, {spec.maximum}]'
+    if abs(x - round(x, spec.precision)) > tol + 1e-12 * abs(x): return None, f'{x!r} has more than {spec.precision} decimals'
+    return round(x, spec.precision), None
+
+def _level_value(v, lookup: dict, spec) -> tuple:
+    "(canonical level, None) if `v` is one of the levels of `spec`, else (None, problem)."
+    if _is_missing(v): return (np.nan, None) if spec.missing else (None, 'missing')
+    try: return lookup[_py(v)], None
+    except (KeyError, TypeError): return None, f'unknown level {v!r}'
+
+def _check_rows(df: pd.DataFrame, schema: Schema) -> tuple[dict, list]:
+    "Canonical values per column (an array each), and per row a list of (column, problem)."
+    clean, problems = {}, [[] for _ in range(len(df))]
+    for name, spec in schema.columns.items():
+        clean[name], bad = (_numeric_column if spec.is_numeric else _level_column)(df[name], spec)
+        for i, p in bad: problems[i].append((name, p))
+    return clean, problems
+
+def _numeric_column(s: pd.Series, spec) -> tuple[np.ndarray, list]:
+    "`_numeric_value` of every value of `s`, as one float array and (row, problem) pairs; numeric dtypes are checked as arrays."
+    if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s) or isinstance(s.dtype, pd.CategoricalDtype):
+        return _one_by_one(s.tolist(), lambda v: _numeric_value(v, spec), float)
+    x = s.to_numpy(dtype=float, na_value=np.nan)
+    tol, r = 10.0 ** -(spec.precision + 3), _round(x, spec.precision)
+    with np.errstate(invalid='ignore'):
+        na, inf = np.isnan(x), np.isinf(x)
+        low = (x < spec.minimum - tol) if spec.minimum is not None else np.zeros(len(x), bool)
+        high = (x > spec.maximum + tol) if spec.maximum is not None else np.zeros(len(x), bool)
+        extra = np.abs(x - r) > tol + 1e-12 * np.abs(x)
+    bad = (na & (not spec.missing)) | inf | low | high | extra
+    problems = []
+    for i in np.flatnonzero(bad):  # the same words as `_numeric_value`, row by row only where there is a problem
+        v = float(x[i])
+        problems.append((i, 'missing' if na[i] else f'non-number {v!r}' if inf[i] else
+                            f'{_number_text(v)} outside [{spec.minimum}, {spec.maximum}]' if low[i] or high[i] else f'{v!r} has more than {spec.precision} decimals'))
+    return np.where(bad, np.nan, r), problems
+
+def _level_column(s: pd.Series, spec) -> tuple[np.ndarray, list]:
+    "`_level_value` of every value of `s`, each distinct value looked up once."
+    lookup, seen = {lvl: lvl for lvl in spec.levels}, {}
+    def check(v):
+        try: key = (type(v), v)
+        except TypeError: return _level_value(v, lookup, spec)
+        try: return seen[key]
+        except KeyError: seen[key] = out = _level_value(v, lookup, spec)
+        except TypeError: return _level_value(v, lookup, spec)  # an unhashable value
+        return out
+    return _one_by_one(s.tolist(), check, object)
+
+def _one_by_one(values: list, check, dtype) -> tuple[np.ndarray, list]:
+    "Canonical values and (row, problem) pairs of `check` (which returns (value, problem)) on each value."
+    out, problems = np.empty(len(values), dtype=object), []
+    for i, v in enumerate(values):
+        x, p = check(v)
+        out[i] = x
+        if p: problems.append((i, p))
+    return (out.astype(float) if dtype is float else out), problems
+
 # %% ../nbs/00_core.ipynb #2cede6b4
 def check_frame(df: pd.DataFrame, # rows with (at least) the schema's columns, at its precision
                 schema: Schema, # what each column may hold
                ) -> None:
-    "Raise `OPALInputError` naming the first column of `df` with a value that `schema` does not allow."
+    "Raise `OPALInputError` naming the first column of `df` with a value that `schema` does not allow (the checks of `_check_rows`)."
     fix = "infer the schema from these rows (or from a table that contains them)"
-    missing = [c for c in schema.names if c not in df.columns]
-    if missing: raise OPALInputError(f"columns {missing} of the schema are not in the frame; its columns are {list(df.columns)}")
+    check_columns(df, schema.names)
     for n, spec in schema.columns.items():
-        s = df[n]
-        na = s.isna()
-        if na.any() and not spec.missing: raise OPALInputError(f"column {n!r} has {int(na.sum())} missing values, but the schema allows none: {fix}")
-        v = s[~na]
-        if spec.is_numeric:
-            x = pd.to_numeric(v, errors='coerce')
-            if x.isna().any(): raise OPALInputError(f"column {n!r} is numeric in the schema but has {int(x.isna().sum())} non-numeric values, e.g. {v[x.isna()].iloc[0]!r}: {fix}")
-            out = (x < spec.minimum) | (x > spec.maximum)
-            if out.any(): raise OPALInputError(f"column {n!r} has {int(out.sum())} values outside the schema's range [{spec.minimum}, {spec.maximum}], e.g. {_py(v[out].iloc[0])!r}: {fix}")
-        else:
-            bad = ~v.astype(object).isin(spec.levels)
-            if bad.any(): raise OPALInputError(f"column {n!r} has {int(bad.sum())} values that are not among the schema's levels, e.g. {_py(v[bad].iloc[0])!r}: {fix}")
+        _, bad = (_numeric_column if spec.is_numeric else _level_column)(df[n], spec)
+        if not bad: continue
+        na = sum(p == 'missing' for _, p in bad)
+        if na: raise OPALInputError(f"column {n!r} has {na} missing values, but the schema allows none: {fix}")
+        raise OPALInputError(f"column {n!r} has {len(bad)} values the schema does not allow, e.g. {bad[0][1]}: {fix}")
 
 # %% ../nbs/00_core.ipynb #6ce1ac22
 def _at_precision(df: pd.DataFrame, schema: Schema) -> pd.DataFrame:
@@ -264,8 +346,7 @@ def prepare_frame(df: pd.DataFrame, # the table an entry point was given (never 
         if target != schema.target: raise OPALInputError(f"target {target!r} differs from the schema's target {schema.target!r}")
         if sensitive is not None and _as_list(sensitive) != list(schema.sensitive):
             raise OPALInputError(f"sensitive columns {_as_list(sensitive)} differ from the schema's {schema.sensitive}: pass the same, or infer a new schema")
-    missing = [c for c in schema.names if c not in df.columns]
-    if missing: raise OPALInputError(f"columns {missing} of the schema are not in the frame; its columns are {list(df.columns)}")
+    check_columns(df, schema.names)
     columns = df[schema.names]
     frame = _at_precision(columns, schema)
     if inferred and frame is not columns: schema = _schema_at_precision(frame, schema, kinds, max_precision)

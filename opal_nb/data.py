@@ -358,7 +358,7 @@ def imbalanced_split(df: pd.DataFrame, # the full table
     describe = lambda g: f"{target} {'==' if g == 'minority' else '!='} {minority_label!r} ({g})"
     train_pos = _draw(df, pool_pos, masks, sizes, random_state, describe)
     train, test, groups = _finish(df, train_pos, test_pos, masks, sizes, {g: g for g in sizes}, pool_pos, ['group'])
-    groups.insert(0, target, [minority_label, f'not {minority_label}'])
+    groups.insert(0, target if target not in groups.columns else f'{target} (target)', [minority_label, f'not {minority_label}'])  # a target named like a count column, e.g. 'train'
     return ProtocolSplit(train, test, groups, target, None, 'imbalanced')
 
 # %% ../nbs/01_data.ipynb #6ba585ce

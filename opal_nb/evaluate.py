@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 
 from fastcore.basics import patch
-from .core import OPALInputError, Schema, infer_column, cramers_v, markdown_table, _as_list, _py
+from .core import OPALInputError, Schema, check_columns, infer_column, cramers_v, markdown_table, _as_list, _py
 
 # %% auto #0
 __all__ = ['OTHER_LEVEL', 'spurious_groups', 'group_errors', 'closest_distances', 'feature_kinds', 'known_levels',
@@ -303,11 +303,6 @@ def _utility(real, synthetic, test, schema, kinds, classifier, random_state) -> 
                 accuracy_augmented=_accuracy(model, both, test, features, schema.target))
 
 # %% ../nbs/06_evaluate.ipynb #4c12fdab
-def _check_columns(df: pd.DataFrame, names: list, what: str):
-    if not isinstance(df, pd.DataFrame): raise OPALInputError(f"{what} must be a pandas DataFrame, got {type(df).__name__}")
-    missing = [c for c in names if c not in df.columns]
-    if missing: raise OPALInputError(f"{what} lacks the columns {missing}")
-
 def synthetic_quality(real: pd.DataFrame, # the real rows the generator learnt from
                       synthetic: pd.DataFrame, # the rows it wrote
                       schema: Schema | None = None, # column kinds and target; None: kinds from the dtypes of `real`
@@ -318,7 +313,7 @@ def synthetic_quality(real: pd.DataFrame, # the real rows the generator learnt f
                      ) -> QualityReport:
     "Compare `synthetic` rows with `real` ones: column distances, correlations, detection AUC, closest-record distances, utility."
     names = schema.names if schema is not None else list(real.columns)
-    _check_columns(real, names, 'real'); _check_columns(synthetic, names, 'synthetic')
+    check_columns(real, names, 'the real rows'); check_columns(synthetic, names, 'the synthetic rows')
     if len(real) == 0 or len(synthetic) == 0: raise OPALInputError(f"need real and synthetic rows; got {len(real)} real and {len(synthetic)} synthetic")
     kinds = feature_kinds(real[names], schema)
     per_column = pd.DataFrame([dict(column=c, kind=k, statistic='ks' if k == 'numeric' else 'tv',
@@ -329,7 +324,7 @@ def synthetic_quality(real: pd.DataFrame, # the real rows the generator learnt f
     util = {}
     if test is not None:
         if schema is None: raise OPALInputError("a test set needs a schema that names the target: pass schema=infer_schema(real, target=...)")
-        _check_columns(test, names, 'test')
+        check_columns(test, names, 'the test rows')
         util = _utility(real[names], synthetic[names], test, schema, kinds, classifier, random_state)
     return QualityReport(per_column, _correlation_difference(real, synthetic, [c for c, k in kinds.items() if k == 'numeric']),
                          detection_auc(real, synthetic, kinds, cv, random_state), float(np.median(dcr)),
@@ -507,7 +502,7 @@ def plot_distributions(real: pd.DataFrame, # real rows
                       ) -> plt.Figure:
     "Real versus synthetic distribution of each column: densities for numbers, level shares for categories."
     columns = columns or [c for c in real.columns if c in synthetic.columns][:12]
-    _check_columns(real, columns, 'real'); _check_columns(synthetic, columns, 'synthetic')
+    check_columns(real, columns, 'the real rows'); check_columns(synthetic, columns, 'the synthetic rows')
     kinds = feature_kinds(real[columns], schema)
     both = pd.concat([real[columns].assign(source='real'), synthetic[columns].assign(source='synthetic')], ignore_index=True)
     nrows = math.ceil(len(columns) / ncols)

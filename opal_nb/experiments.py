@@ -18,7 +18,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassif
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
-from .core import OPALInputError, IDColumnWarning, infer_schema, prepare_frame, atomic_write, _as_list, _py
+from .core import OPALInputError, IDColumnWarning, check_columns, infer_schema, prepare_frame, atomic_write, _as_list, _py
 from .data import PAPER_DATASETS, PAPER_CLASSIFIERS, PaperSplit, ProtocolSplit, paper_split, binarize_attribute
 from .generate import TabularLM
 from .filter import RowFilter
@@ -655,11 +655,8 @@ def _as_method(name: str, m) -> PaperMethod:
     return sampler_method(m)
 
 def _check_compare(train, test, target, sensitive, classifiers, seeds):
-    for what, df in (('train', train), ('test', test)):
-        missing = [c for c in [target, *sensitive] if c not in df.columns]
-        if missing: raise OPALInputError(f"{what} lacks the columns {missing}")
-    missing = [c for c in train.columns if c not in test.columns]
-    if missing: raise OPALInputError(f"test lacks the training columns {missing}")
+    check_columns(train, [target, *sensitive], 'train')
+    check_columns(test, list(train.columns), 'test')  # the target, the sensitive columns and every training column
     for name, c in classifiers.items():
         if not hasattr(c, 'fit') or not hasattr(c, 'predict'): raise OPALInputError(f"classifier {name!r} has no fit/predict")
     if len(seeds) == 0: raise OPALInputError("seeds is empty: give at least one seed")

@@ -17,103 +17,20 @@ import pandas as pd
 from sklearn.neighbors import NearestNeighbors
 from sklearn.ensemble import IsolationForest
 
-from .core import OPALInputError, Schema, coerce_frame, infer_schema, prepare_frame, _py, _round
+from .core import (OPALInputError, Schema, check_columns, coerce_frame, infer_schema, prepare_frame, _py, _round,
+                          _is_missing, _numeric_value, _level_value, _check_rows)
 
 # %% auto #0
 __all__ = ['REASONS', 'row_problems', 'row_keys', 'DistanceEncoder', 'FilterReport', 'RowFilter', 'filter_rows']
-
-# %% ../nbs/04_filter.ipynb #22d4d3d4
-def _is_missing(v) -> bool:
-    "True for None, NaN, pd.NA and NaT (never raises on odd objects)."
-    if v is None or v is pd.NA or v is pd.NaT: return True
-    return isinstance(v, (float, np.floating)) and math.isnan(v)
-
-def _numeric_value(v, spec) -> tuple:
-    "(canonical number, None) if `v` fits the numeric `spec`, else (None, problem)."
-    if _is_missing(v): return (np.nan, None) if spec.missing else (None, 'missing')
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (numbers.Real, np.integer, np.floating, str)):
-        return None, f'non-number {v!r}'
-    try: x = float(v.strip() if isinstance(v, str) else v)
-    except (ValueError, OverflowError): return None, f'non-number {v!r}'
-    if not math.isfinite(x): return None, f'non-number {v!r}'
-    tol = 10.0 ** -(spec.precision + 3)
-    if (spec.minimum is not None and x < spec.minimum - tol) or (spec.maximum is not None and x > spec.maximum + tol):
-        return None, f'{x:g} outside [{spec.minimum}, {spec.maximum}]'
-    if abs(x - round(x, spec.precision)) > tol + 1e-12 * abs(x): return None, f'{x!r} has more than {spec.precision} decimals'
-    return round(x, spec.precision), None
-
-def _level_value(v, lookup: dict, spec) -> tuple:
-    "(canonical level, None) if `v` is one of the levels of `spec`, else (None, problem)."
-    if _is_missing(v): return (np.nan, None) if spec.missing else (None, 'missing')
-    try: return lookup[_py(v)], None
-    except (KeyError, TypeError): return None, f'unknown level {v!r}'
-
-# %% ../nbs/04_filter.ipynb #5a46c5af
-def _check_rows(df: pd.DataFrame, schema: Schema) -> tuple[dict, list]:
-    "Canonical values per column (an array each), and per row a list of (column, problem)."
-    clean, problems = {}, [[] for _ in range(len(df))]
-    for name, spec in schema.columns.items():
-        clean[name], bad = (_numeric_column if spec.is_numeric else _level_column)(df[name], spec)
-        for i, p in bad: problems[i].append((name, p))
-    return clean, problems
-
-def _numeric_column(s: pd.Series, spec) -> tuple[np.ndarray, list]:
-    "`_numeric_value` of every value of `s`, as one float array and (row, problem) pairs; numeric dtypes are checked as arrays."
-    if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s) or isinstance(s.dtype, pd.CategoricalDtype):
-        return _one_by_one(s.tolist(), lambda v: _numeric_value(v, spec), float)
-    x = s.to_numpy(dtype=float, na_value=np.nan)
-    tol, r = 10.0 ** -(spec.precision + 3), _round(x, spec.precision)
-    with np.errstate(invalid='ignore'):
-        na, inf = np.isnan(x), np.isinf(x)
-        low = (x < spec.minimum - tol) if spec.minimum is not None else np.zeros(len(x), bool)
-        high = (x > spec.maximum + tol) if spec.maximum is not None else np.zeros(len(x), bool)
-        extra = np.abs(x - r) > tol + 1e-12 * np.abs(x)
-    bad = (na & (not spec.missing)) | inf | low | high | extra
-    problems = []
-    for i in np.flatnonzero(bad):  # the same words as `_numeric_value`, row by row only where there is a problem
-        v = float(x[i])
-        problems.append((i, 'missing' if na[i] else f'non-number {v!r}' if inf[i] else
-                            f'{v:g} outside [{spec.minimum}, {spec.maximum}]' if low[i] or high[i] else f'{v!r} has more than {spec.precision} decimals'))
-    return np.where(bad, np.nan, r), problems
-
-def _level_column(s: pd.Series, spec) -> tuple[np.ndarray, list]:
-    "`_level_value` of every value of `s`, each distinct value looked up once."
-    lookup, seen = {lvl: lvl for lvl in spec.levels}, {}
-    def check(v):
-        try: key = (type(v), v)
-        except TypeError: return _level_value(v, lookup, spec)
-        try: return seen[key]
-        except KeyError: seen[key] = out = _level_value(v, lookup, spec)
-        except TypeError: return _level_value(v, lookup, spec)  # an unhashable value
-        return out
-    return _one_by_one(s.tolist(), check, object)
-
-def _one_by_one(values: list, check, dtype) -> tuple[np.ndarray, list]:
-    "Canonical values and (row, problem) pairs of `check` (which returns (value, problem)) on each value."
-    out, problems = np.empty(len(values), dtype=object), []
-    for i, v in enumerate(values):
-        x, p = check(v)
-        out[i] = x
-        if p: problems.append((i, p))
-    return (out.astype(float) if dtype is float else out), problems
 
 # %% ../nbs/04_filter.ipynb #9a6bedd2
 def row_problems(df: pd.DataFrame, # rows with the schema's columns
                  schema: Schema, # what each column may hold
                 ) -> pd.Series:
     "Per row of `df`, what does not fit `schema` ('' where the row fits), indexed like `df`."
-    _check_columns(df, schema, 'rows')
+    check_columns(df, schema.names, 'the rows', exact=True)
     _, problems = _check_rows(df, schema)
     return pd.Series(['; '.join(f'{c}: {p}' for c, p in ps) for ps in problems], index=df.index, dtype=object, name='problem')
-
-def _check_columns(df, schema: Schema, what: str):
-    "Raise `OPALInputError` unless `df` is a DataFrame with exactly the schema's columns."
-    if not isinstance(df, pd.DataFrame): raise OPALInputError(f"{what} must be a pandas DataFrame, got {type(df).__name__}")
-    if df.columns.duplicated().any(): raise OPALInputError(f"{what} have duplicate column names {list(df.columns[df.columns.duplicated()].unique())}")
-    missing = [c for c in schema.names if c not in df.columns]
-    if missing: raise OPALInputError(f"{what} lack the schema columns {missing}")
-    extra = [c for c in df.columns if c not in schema.columns]
-    if extra: raise OPALInputError(f"{what} have columns {extra} that are not in the schema: drop them first")
 
 # %% ../nbs/04_filter.ipynb #8ffc2743
 def row_keys(clean: pd.DataFrame) -> list[tuple]:
@@ -261,7 +178,7 @@ class RowFilter:
 @patch
 def _canonical(self: RowFilter, df: pd.DataFrame, what: str) -> tuple[pd.DataFrame, list]:
     "Canonical frame of `df`'s valid rows (indexed by position) and the per-row problems."
-    _check_columns(df, self.schema, what)
+    check_columns(df, self.schema.names, what, exact=True)
     clean, problems = _check_rows(df[self.schema.names], self.schema)
     ok = np.array([not p for p in problems], dtype=bool)
     frame = pd.DataFrame(clean).iloc[np.flatnonzero(ok)] if len(df) else pd.DataFrame(columns=self.schema.names, dtype=object)
@@ -274,7 +191,7 @@ def fit(self: RowFilter, real: pd.DataFrame): # the real training rows
     if q is not None and not (isinstance(q, numbers.Real) and 0 <= q <= 1): raise OPALInputError(f"dcr_quantile must be in [0, 1] or None, got {q!r}")
     if k is not None and (not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1): raise OPALInputError(f"dcr_sample must be an int >= 1 or None, got {k!r}")
     if isinstance(real, pd.DataFrame) and len(real) == 0: raise OPALInputError("the real rows are empty: fit the filter on the training rows")
-    _check_columns(real, self.schema, 'real rows')
+    check_columns(real, self.schema.names, 'the real rows', exact=True)
     real = prepare_frame(real, self.schema.target, schema=self.schema, min_classes=1)[1]
     clean, problems = self._canonical(real, 'real rows')
     keys = row_keys(clean)
@@ -361,7 +278,7 @@ def filter(self: RowFilter,
     "Keep the rows of `synthetic` that pass every check; the kept rows and a `FilterReport`."
     if not hasattr(self, 'nn_'): raise OPALInputError("RowFilter is not fitted: call .fit(real_rows) first")
     group, parse = self._check_group(group), _parse_reasons(rejected)
-    clean, problems = self._canonical(synthetic, 'synthetic rows')
+    clean, problems = self._canonical(synthetic, 'the synthetic rows')
     reason, detail = np.full(len(synthetic), '', dtype=object), np.full(len(synthetic), '', dtype=object)
     for i, ps in enumerate(problems):
         if ps: reason[i], detail[i] = 'invalid', '; '.join(f'{c}: {p}' for c, p in ps)

@@ -22,7 +22,7 @@ from imblearn.utils import check_sampling_strategy, check_target_type
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 
-from .core import (OPALInputError, Schema, infer_schema, prepare_frame, validate_frame, group_counts, rows_needed, group_dict, group_mask,
+from .core import (OPALInputError, Schema, check_columns, infer_schema, prepare_frame, validate_frame, group_counts, rows_needed, group_dict, group_mask,
                           group_key, cramers_v, _as_list, _py, _round)
 from .filter import RowFilter, FilterReport
 
@@ -112,8 +112,7 @@ def _as_frame(X) -> tuple[pd.DataFrame, str]:
     "X as a DataFrame with a fresh index (columns x0, x1... for arrays), and its kind: 'frame', 'array' or 'list'."
     if sparse.issparse(X): raise OPALInputError("X is a sparse matrix: opal_nb samplers work on dense tables; pass X.toarray() or a DataFrame")
     if isinstance(X, pd.DataFrame):
-        if X.columns.duplicated().any():
-            raise OPALInputError(f"duplicate column names {list(X.columns[X.columns.duplicated()].unique())}: rename them so each column is named once")
+        check_columns(X, [], 'X')
         dense = {c: t.subtype for c, t in X.dtypes.items() if isinstance(t, pd.SparseDtype)}
         return X.astype(dense).reset_index(drop=True), 'frame'
     arr = np.asarray(X, dtype=object) if isinstance(X, list) else np.asarray(X)  # a list keeps each value's type

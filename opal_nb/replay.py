@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .core import OPALInputError, Schema, BaseGenerator, infer_schema, prepare_frame, group_mask, check_count
-from .prompt import parse_rows, ParsedRows, rows_to_csv
+from .prompt import parse_rows, ParsedRows, rows_to_csv, rows_to_text
 
 # %% auto #0
 __all__ = ['read_source', 'ReplayGenerator']
@@ -23,13 +23,19 @@ def _looks_like_path(source) -> bool:
     return isinstance(source, os.PathLike) or (isinstance(source, str) and '\n' not in source
                                                and source.strip().lower().endswith(('.txt', '.csv')))
 
+def _has_line_break(df: pd.DataFrame, schema: Schema) -> bool:
+    "Whether a text column of `df` that the schema knows holds a line break."
+    return any(df[c].map(lambda v: isinstance(v, str) and ('\n' in v or '\r' in v)).any() for c in schema.categorical_columns if c in df.columns)
+
 def read_source(source, # path (.txt or .csv), text, list of texts, or DataFrame
                 style: str | None = None, # 'text' or 'csv'; None: 'csv' for .csv files and DataFrames
-                schema: Schema | None = None, # write a DataFrame against this schema (blank levels and missing values kept apart)
+                schema: Schema | None = None, # write a DataFrame against this schema (blank levels and missing values kept apart; text rows if a level holds a line break)
                ) -> tuple[str | list[str], str]:
     "The text in `source` and the style to parse it with."
     if isinstance(source, pd.DataFrame):
         if schema is None: return source.to_csv(index=False), style or 'csv'
+        if style == 'text' or (style is None and _has_line_break(source, schema)):  # CSV lines cannot hold a line break; text rows quote it
+            return rows_to_text(source[[c for c in schema.names if c in source.columns]], schema), 'text'
         return '\n'.join(rows_to_csv(source, schema, exact=True)), 'csv'
     if _looks_like_path(source):
         path = Path(source).expanduser()

@@ -214,7 +214,7 @@ def test_unknown_kind_override(people):
 
 
 def test_not_a_frame():
-    with pytest.raises(OPALInputError, match='expected a pandas DataFrame, got dict'): infer_schema({'y': [0, 1]}, 'y')
+    with pytest.raises(OPALInputError, match='the frame must be a pandas DataFrame, got dict'): infer_schema({'y': [0, 1]}, 'y')
 
 
 def test_errors_do_not_modify_the_frame(people):

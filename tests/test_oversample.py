@@ -576,7 +576,7 @@ def test_bad_input_oversample(XY, case):
 
 @pytest.mark.parametrize('call, message', [
     (lambda d: oversample(d, 'outcome'), "column 'outcome' is not in the frame"),
-    (lambda d: oversample(d.to_numpy(), 'high_progression'), "expected a pandas DataFrame"),
+    (lambda d: oversample(d.to_numpy(), 'high_progression'), "must be a pandas DataFrame"),
     (lambda d: oversample(d, 'high_progression', generator='gan'), "generator 'gan'"),
     (lambda d: oversample(d.assign(synthetic=1), 'high_progression', generator='smote'), "column 'synthetic'"),
 ])

@@ -7,7 +7,9 @@ a working session: a sensitive column, no missing values (SMOTE cannot interpola
 (the 'minority' plan at k = 'fill': what `OPALOverSampler()` does). Methods, in the one experiment engine (`run_method`):
 none, reweight (sample weights inverse to the group's size), duplicate and smote (inside each group), opal_tabular
 (TabularLM with its defaults writing every row, through RowFilter: `OPALOverSampler`'s defaults, as `GENERATED_SHARE` is 1;
-`--methods ... opal` adds `opal_defaults`, the first `GENERATED_SHARE` of each group's rows and copies for the rest). Classifiers: logistic regression (unpenalized) and a 200-tree random forest.
+`--methods ... opal` adds `opal_defaults`, the first `GENERATED_SHARE` of each group's rows and copies for the rest;
+`--methods ... opal_select` adds `OPALOverSampler(select_with=<the classifier scored>)`, which chooses among written rows,
+half, copies and none on validation rows cut from the training rows, its generator fitted on the others). Classifiers: logistic regression (unpenalized) and a 200-tree random forest.
 
 Printed: per table and classifier the mean over seeds of worst-group and balanced error, and the share of tables where
 OPAL is at or below SMOTE, at or below reweighting, and at or below the best of reweight/duplicate/smote. The tidy
@@ -29,10 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'tests'))
 
 from corpus import corpus_tables  # noqa: E402
-from opal_nb.core import OPALInputError  # noqa: E402
-from opal_nb.evaluate import unpenalized_logistic  # noqa: E402
-from opal_nb.experiments import PaperMethod, paper_methods, run_method, split_from_table, mixed_rows, cache_path  # noqa: E402
-from opal_nb.oversample import GENERATED_SHARE  # noqa: E402
+from opal_nb.core import OPALInputError, BaseGenerator  # noqa: E402
+from opal_nb.evaluate import unpenalized_logistic, classifier_pipeline  # noqa: E402
+from opal_nb.experiments import PaperMethod, paper_methods, run_method, split_from_table, mixed_rows, cache_path, sampler_method, _features  # noqa: E402
+from opal_nb.generate import TabularLM  # noqa: E402
+from opal_nb.oversample import GENERATED_SHARE, OPALOverSampler  # noqa: E402
 
 METHODS = ('none', 'reweight', 'duplicate', 'smote', 'opal_tabular')  # opal_tabular: OPALOverSampler's defaults (GENERATED_SHARE = 1)
 BASELINES = ('reweight', 'duplicate', 'smote')
@@ -70,6 +73,37 @@ def opal_defaults(split, cache_dir, plan: str = 'minority', share: float = GENER
     return share_method(written_rows(split, cache_dir, plan), share)
 
 
+_FITS: dict = {}  # the last fitted TabularLM and what it wrote, so a second classifier's selection reuses them
+
+
+class SameRows(BaseGenerator):
+    """TabularLM (its defaults), remembered: fitted again on the same rows with the same seed it writes the same rows, so the
+    run of `opal_select` for a second classifier reuses the first one's model and rows (a benchmark's shortcut; the
+    sampler's choice is still made by each classifier)."""
+    def __init__(self, random_state=None): self.random_state = random_state
+
+    def fit(self, df, target, sensitive=None, schema=None):
+        self.key_ = (int(pd.util.hash_pandas_object(df).sum()), tuple(df.columns), target, tuple(sensitive or ()), self.random_state)
+        if self.key_ not in _FITS:
+            _FITS.clear()
+            _FITS[self.key_] = (TabularLM(random_state=self.random_state, progress=False).fit(df, target, sensitive, schema), {})
+        self.schema_ = _FITS[self.key_][0].schema_
+        return self
+
+    def sample(self, n, group=None, random_state=None):
+        lm, written = _FITS[self.key_]
+        k = (n, tuple(sorted((group or {}).items())), random_state)
+        if k not in written: written[k] = (lm.sample(n, group=group, random_state=random_state), lm.rejected_)
+        rows, self.rejected_ = written[k]
+        return rows.copy()
+
+
+def select_method(split, classifier) -> PaperMethod:
+    "`OPALOverSampler(select_with=classifier)`, the classifier encoded as the engine encodes it (`classifier_pipeline`)."
+    kinds, levels = _features(split)
+    return sampler_method(OPALOverSampler(SameRows(), select_with=classifier_pipeline(classifier, kinds, levels), progress=False))
+
+
 def classifiers() -> dict:
     return dict(logistic=unpenalized_logistic(), random_forest=RandomForestClassifier(n_estimators=200))
 
@@ -86,8 +120,12 @@ def run(tables, seeds, cache_dir, methods=METHODS) -> tuple[pd.DataFrame, list]:
                 try:
                     with warnings.catch_warnings():
                         warnings.simplefilter('ignore')
-                        method = opal_defaults(split, cache_dir) if m == 'opal' else table[m]  # after opal_tabular, from its rows
-                        r = run_method(split, m, method, classifiers(), ['fill'], 'minority', cache_dir)
+                        if m == 'opal_select':  # its rows depend on the classifier
+                            r = pd.concat([run_method(split, m, select_method(split, clf), {c: clf}, ['fill'], 'minority', cache_dir)
+                                           for c, clf in classifiers().items()], ignore_index=True)
+                        else:
+                            method = opal_defaults(split, cache_dir) if m == 'opal' else table[m]  # after opal_tabular, from its rows
+                            r = run_method(split, m, method, classifiers(), ['fill'], 'minority', cache_dir)
                 except OPALInputError as e: errors.append((t.name, seed, m, str(e))); continue
                 parts.append(r.assign(table=t.name))
                 print(f"[{i + 1}/{len(tables)}] {t.name} seed {seed} {m}", file=sys.stderr, flush=True)
@@ -103,10 +141,10 @@ def report(tidy: pd.DataFrame) -> str:
     full = full[full == d.method.nunique()].reset_index()[['table', 'classifier', 'seed']]
     d = d.merge(full, on=['table', 'classifier', 'seed'])
     t = d.pivot_table(index=['table', 'classifier', 'metric'], columns='method', values='value', aggfunc='mean')
-    order = [m for m in METHODS if m in t.columns]
+    order = [m for m in (*METHODS, 'opal', 'opal_select') if m in t.columns]
     out = [f"{d.table.nunique()} tables, seeds per table: {sorted(d.groupby('table').seed.nunique().unique().tolist())}; "
            "mean over seeds of the test errors\n", t[order].round(3).to_string()]
-    for o in ('opal_tabular', 'opal'):
+    for o in ('opal_tabular', 'opal', 'opal_select'):
         if o in t.columns: out += _shares(t, o)
     return '\n'.join(out)
 

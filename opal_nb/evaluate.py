@@ -123,6 +123,7 @@ def group_errors(y_true, # true labels
     g = _as_groups(groups, len(yt))
     mf = MetricFrame(metrics={'error': _error, 'count': count}, y_true=yt, y_pred=yp, sensitive_features=g)
     by = mf.by_group
+    by = by[by["count"].fillna(0) > 0]  # several columns: fairlearn lists every combination of their values, observed or not
     keys = [_key(k) for k in by.index]
     n_cols = 1 if isinstance(g, pd.Series) else g.shape[1]
     minority = _minority_keys(by['count'], minority_groups, n_cols)

@@ -22,7 +22,7 @@ from .core import OPALInputError, IDColumnWarning, check_columns, infer_schema, 
 from .data import PAPER_DATASETS, PAPER_CLASSIFIERS, PaperSplit, ProtocolSplit, paper_split, binarize_attribute
 from .generate import TabularLM
 from .filter import RowFilter
-from .oversample import GroupOverSampler, fill_groups, ShortfallWarning, generated_count, group_share, GENERATED_SHARE
+from .oversample import GroupOverSampler, fill_groups, make_generator, ShortfallWarning, generated_count, group_share, GENERATED_SHARE
 from .evaluate import (group_errors, errors_to_rows, unpenalized_logistic, default_classifiers, classifier_pipeline,
                               feature_kinds, known_levels, with_seed, resample, summarize)
 
@@ -31,11 +31,10 @@ __all__ = ['PAPER_METHODS', 'TRAINERS', 'FAST_METHODS', 'USER_METHODS', 'FAIRLEA
            'EVERY_K', 'RESULTS_FILE', 'ExperimentSplit', 'split_from_protocol', 'split_from_paper', 'split_from_table',
            'group_columns', 'with_group_column', 'row_groups', 'plan_counts', 'minority_groups', 'fill_size',
            'group_plan', 'order_by_plan', 'PaperMethod', 'duplicate_rows', 'smote_rows', 'released_rows',
-           'generator_rows', 'tabular_rows', 'smol_icl_rows', 'smol_tabular_rows', 'share_plan', 'mixed_rows',
-           'paper_methods', 'plan_weights', 'fit_predict', 'boosting_backend', 'boosting_classifier',
-           'paper_classifiers', 'split_metrics', 'k_rows', 'evaluate_rows', 'cache_path', 'run_method', 'run_paper',
-           'sampler_method', 'compare_methods', 'cached_results', 'error_table', 'paper_data_dir', 'fit_power_law',
-           'scaling_study']
+           'generator_rows', 'share_plan', 'mixed_rows', 'paper_methods', 'plan_weights', 'fit_predict',
+           'boosting_backend', 'boosting_classifier', 'paper_classifiers', 'split_metrics', 'k_rows', 'evaluate_rows',
+           'cache_path', 'run_method', 'run_paper', 'sampler_method', 'compare_methods', 'cached_results',
+           'error_table', 'paper_data_dir', 'fit_power_law', 'scaling_study']
 
 # %% ../nbs/07_experiments.ipynb #afa00b8a
 @dataclass
@@ -248,11 +247,14 @@ def _fixed_attribute(split: ExperimentSplit, train: pd.DataFrame) -> dict:
     return out
 
 def generator_rows(split: ExperimentSplit, plan: list[tuple], seed: int,
-                   generator, # an unfitted generator (`fit` + `sample`), e.g. `TabularLM(random_state=seed)`
+                   generator='tabular', # a name of `GENERATORS` (built with `params`, seeded by `seed`), or an unfitted generator
                    max_rounds: int = 10, # generate+filter rounds per group (per attempt)
                    attempts: int = 30, # attempts to replace rows of the wrong attribute group (only a shortfall uses more than the first)
+                   **params, # the named generator's arguments (TabularLM: epochs, n_layer...; SmolICL: model, n_examples...)
                   ) -> pd.DataFrame:
     "Rows of the planned groups written by `generator` fitted on the split's real training rows, through `RowFilter`."
+    if not isinstance(generator, str) and params: raise OPALInputError(f"arguments {sorted(params)} are for a generator given by name; set them on the generator object instead")
+    generator = make_generator(generator, **{'progress': False, **params, 'random_state': seed}) if isinstance(generator, str) else generator
     cols = group_columns(split)
     train = with_group_column(split, split.train)
     schema = infer_schema(train, split.target, cols[1:])
@@ -278,32 +280,6 @@ def generator_rows(split: ExperimentSplit, plan: list[tuple], seed: int,
     out = pd.concat(parts, ignore_index=True)
     return out[list(split.train.columns)].astype(split.train.dtypes.to_dict())
 
-def tabular_rows(split: ExperimentSplit, plan: list[tuple], seed: int,
-                 max_rounds: int = 10, # generate+filter rounds per group (per attempt)
-                 attempts: int = 30, # attempts to replace rows of the wrong attribute group (only a shortfall uses more than the first)
-                 **params, # TabularLM arguments (epochs, n_layer, ...)
-                ) -> pd.DataFrame:
-    "Rows of the planned groups written by a `TabularLM` trained on the split's real training rows."
-    return generator_rows(split, plan, seed, TabularLM(**{'progress': False, **params, 'random_state': seed}), max_rounds, attempts)
-
-# %% ../nbs/07_experiments.ipynb #21e843df
-def smol_icl_rows(split: ExperimentSplit, plan: list[tuple], seed: int,
-                  max_rounds: int = 10, # generate+filter rounds per group (per attempt)
-                  attempts: int = 30, # attempts to replace rows of the wrong attribute group (only a shortfall uses more than the first)
-                  **params, # SmolICL arguments (model, n_examples, batch_size, temperature, ...)
-                 ) -> pd.DataFrame:
-    "Rows of the planned groups written in context by a pretrained chat LM (default SmolLM2) shown the split's real rows of the group."
-    from opal_nb.pretrained import SmolICL
-    return generator_rows(split, plan, seed, SmolICL(**{'progress': False, **params, 'random_state': seed}), max_rounds, attempts)
-
-def smol_tabular_rows(split: ExperimentSplit, plan: list[tuple], seed: int,
-                      max_rounds: int = 10, # generate+filter rounds per group (per attempt)
-                      attempts: int = 30, # attempts to replace rows of the wrong attribute group (only a shortfall uses more than the first)
-                      **params, # SmolTabular arguments (model, lora_r, max_steps, ...)
-                     ) -> pd.DataFrame:
-    "Rows of the planned groups written by a pretrained LM (default SmolLM2) fine-tuned on the split's real rows."
-    from opal_nb.pretrained import SmolTabular
-    return generator_rows(split, plan, seed, SmolTabular(**{'progress': False, **params, 'random_state': seed}), max_rounds, attempts)
 
 # %% ../nbs/07_experiments.ipynb #23212eb2
 def share_plan(plan: list[tuple], # the group of each planned row, in order
@@ -321,7 +297,7 @@ def share_plan(plan: list[tuple], # the group of each planned row, in order
     return out
 
 def mixed_rows(split: ExperimentSplit, plan: list[tuple], seed: int,
-               generate: Callable, # (split, plan, seed) -> rows of the plan's groups, e.g. `tabular_rows`
+               generate: Callable, # (split, plan, seed) -> rows of the plan's groups, e.g. `generator_rows`
                share, # share of each group's rows `generate` writes, or 'auto' (see `group_share`); the rest are copies (`duplicate_rows`)
               ) -> pd.DataFrame:
     "Rows of `plan` in its order: a `share` of each group's written by `generate`, the others copies of the group's real rows."
@@ -350,10 +326,10 @@ def paper_methods(tabular: dict | None = None, # TabularLM arguments for `opal_t
     "The experiment's methods: the paper's, the offline generators, and what a user would try instead (reweighting, fairlearn)."
     tabular, smol_icl, smol_tabular = dict(tabular or {}), dict(smol_icl or {}), dict(smol_tabular or {})
     share = GENERATED_SHARE if share is None else share
-    tab = lambda split, plan, seed: tabular_rows(split, plan, seed, **tabular)
+    tab = lambda split, plan, seed: generator_rows(split, plan, seed, 'tabular', **tabular)
     mix = lambda split, plan, seed: mixed_rows(split, plan, seed, tab, share)
-    icl = lambda split, plan, seed: smol_icl_rows(split, plan, seed, **smol_icl)
-    ft = lambda split, plan, seed: smol_tabular_rows(split, plan, seed, **smol_tabular)
+    icl = lambda split, plan, seed: generator_rows(split, plan, seed, 'smol_icl', **smol_icl)
+    ft = lambda split, plan, seed: generator_rows(split, plan, seed, 'smol_tabular', **smol_tabular)
     return {
         'none': PaperMethod(None, description='the R real rows only'),
         'reweight': PaperMethod(None, tag='v1', trainer='reweight',

@@ -23,16 +23,17 @@ from fastcore.basics import patch
 from tqdm.auto import tqdm
 
 from .core import (OPALInputError, Schema, check_columns, infer_schema, prepare_frame, validate_frame, group_counts, rows_needed, group_dict, group_mask,
-                          group_key, cramers_v, _as_list, _py, _round)
+                          group_key, cramers_v, as_seed, _as_list, _py, _round)
 from .filter import RowFilter, FilterReport
 
 # %% auto #0
-__all__ = ['GENERATED_SHARE', 'GENERATORS', 'GroupSampler', 'OPALOverSampler', 'coerce_like', 'ShortfallWarning', 'fill_groups',
-           'make_generator', 'clone_generator', 'group_share', 'generated_count', 'copy_rows', 'GroupOverSampler',
-           'OversampleResult', 'oversample']
+__all__ = ['GENERATED_SHARE', 'SELECT_SHARES', 'GENERATORS', 'GroupSampler', 'OPALOverSampler', 'coerce_like', 'ShortfallWarning',
+           'fill_groups', 'make_generator', 'clone_generator', 'group_share', 'generated_count', 'copy_rows',
+           'first_rows', 'validation_mask', 'GroupOverSampler', 'OversampleResult', 'oversample']
 
 # %% ../nbs/05_oversample.ipynb #485f3237
 GENERATED_SHARE = 1.0 # the default share of each group's missing rows the generator writes (the rest: copies of the group's real rows); chosen on validation rows by bench/bench_share.py
+SELECT_SHARES = (1.0, 0.5, 0.0, 'none') # the candidates of `select_with`, in order of preference on ties
 
 GENERATORS = {'tabular': 'opal_nb.generate.TabularLM', 'smol_icl': 'opal_nb.pretrained.SmolICL', # generators by name
               'smol_tabular': 'opal_nb.pretrained.SmolTabular'}
@@ -86,6 +87,9 @@ class OPALOverSampler(GroupSampler):
         "on_shortfall": [StrOptions({"warn", "raise"})],
         "progress": ["boolean"],
         "generated_share": [Interval(numbers.Real, 0, 1, closed="both"), StrOptions({"auto"})],
+        "select_with": [None, HasMethods(["fit", "predict"])],
+        "select_shares": ["array-like"],
+        "validation_size": [Interval(numbers.Real, 0, 1, closed="neither")],
     }
 
     def __init__(self,
@@ -101,11 +105,15 @@ class OPALOverSampler(GroupSampler):
                  progress: bool = True, # progress bars
                  derived=None, # attributes defined by a column of X: {name: (column, threshold)}, True where column > threshold
                  generated_share: float | str = GENERATED_SHARE, # share of each group's missing rows the generator writes, the rest copies of its real rows (1: all written; 'auto': missing / (missing + real))
+                 select_with=None, # a classifier taking X: choose the share among `select_shares` by its worst-group error on validation rows
+                 select_shares=SELECT_SHARES, # the candidates of `select_with` (shares, 'auto', 'none': add no rows); ties go to the earlier
+                 validation_size: float = 0.3, # share of each group's rows held out for `select_with` (the generator never sees them)
                 ):
         self.generator, self.sampling_strategy, self.random_state = generator, sampling_strategy, random_state
         self.sensitive, self.row_filter, self.max_rounds, self.overshoot = sensitive, row_filter, max_rounds, overshoot
         self.on_shortfall, self.kinds, self.progress, self.derived = on_shortfall, kinds, progress, derived
-        self.generated_share = generated_share
+        self.generated_share, self.select_with, self.select_shares = generated_share, select_with, select_shares
+        self.validation_size = validation_size
 
 # %% ../nbs/05_oversample.ipynb #b31c44a4
 def _as_frame(X) -> tuple[pd.DataFrame, str]:
@@ -262,7 +270,9 @@ def _cast(values, like):
 def _give_back(inp: _Prepared, out: pd.DataFrame):
     "X_res, y_res from the combined frame `out`, in the types of the caller's X and y."
     X_res = out[inp.x_columns]
-    if inp.x_kind == 'frame': X_res = X_res.astype({c: t for c, t in inp.X.dtypes.items() if t != X_res[c].dtype}, errors='ignore')
+    if inp.x_kind == 'frame':
+        X_res = X_res.astype({c: t for c, t in inp.X.dtypes.items() if t != X_res[c].dtype}, errors='ignore')
+        X_res.columns = inp.X.columns  # the caller's column index (pandas' string dtype included), not a rebuilt one
     elif inp.x_kind == 'array': X_res = _cast(X_res.to_numpy(), inp.X)
     else: X_res = X_res.to_numpy().tolist()
     y, labels = inp.y, out[inp.target].to_numpy()
@@ -399,30 +409,118 @@ def copy_rows(df: pd.DataFrame, # the real rows
         parts.append(rows.sample(n, replace=True, random_state=None if random_state is None else random_state + i))
     return pd.concat(parts, ignore_index=True) if parts else df.iloc[:0]
 
+def _shares(need: dict, # group key -> rows to add
+            counts: pd.Series, # rows per group, from `group_counts`
+            share, # `generated_share`'s forms
+           ) -> tuple[dict, dict]:
+    "Rows written and rows copied per group at `share`; a group without real rows has all of its rows written."
+    have = {(k if isinstance(k, tuple) else (k,)): int(v) for k, v in counts.items()}
+    written = {k: (n if not have.get(tuple(k)) else generated_count(n, share, have[tuple(k)])) for k, n in need.items()}
+    return written, {k: n - written[k] for k, n in need.items()}
+
+def first_rows(rows: pd.DataFrame, # rows with the group columns
+               need: dict, # group key -> rows to take
+               group_columns: list[str], # the columns of a group key
+              ) -> pd.DataFrame:
+    "The first `need[key]` rows of each group of `rows`, in the order of `need`."
+    parts = [rows[group_mask(rows, group_dict(k, group_columns))].iloc[:n] for k, n in need.items() if n > 0]
+    return pd.concat(parts, ignore_index=True) if parts else rows.iloc[:0]
+
+def _write(self: OPALOverSampler, inp, rows: np.ndarray, written: dict) -> pd.DataFrame:
+    "Fit the generator on the real rows `rows` (a mask of `inp.df`) and write `written` rows per group through the filter."
+    self.generator_, self.filter_report_ = None, None
+    if not any(n > 0 for n in written.values()): return inp.df.iloc[:0]
+    real = inp.model_df[rows]
+    gen = make_generator(self.generator, random_state=self.random_state, progress=self.progress)
+    self.generator_ = clone_generator(gen, self.random_state)
+    self.generator_.fit(real, target=inp.target, sensitive=inp.sensitive, schema=self.schema_)
+    def keep(rows):  # a row written for `skin > 0` must have skin > 0
+        ok = _agrees(rows, self.derived)
+        self.derived_disagreements_ += int((~ok).sum())
+        return ok
+    synth, self.filter_report_ = fill_groups(self.generator_, written, [inp.target, *inp.sensitive], _row_filter(self, real),
+                                             self.max_rounds, self.overshoot, self.on_shortfall, self.random_state, self.progress,
+                                             keep if self.derived else None)
+    return synth
+
 @patch
 def _fit_resample(self: OPALOverSampler, inp) -> pd.DataFrame:
-    "The generated rows, then the copies (`generated_share` < 1)."
+    "The generated rows, then the copies (`generated_share` < 1, or the share `select_with` chose)."
     cols = [inp.target, *inp.sensitive]
-    have = {(k if isinstance(k, tuple) else (k,)): int(v) for k, v in inp.counts.items()}
-    written = {k: (n if not have.get(tuple(k)) else generated_count(n, self.generated_share, have[tuple(k)])) for k, n in inp.need.items()}
-    copies = {k: n - written[k] for k, n in inp.need.items()}
-    self.derived_disagreements_, self.generator_, self.filter_report_ = 0, None, None
-    synth = inp.df.iloc[:0]
-    if any(n > 0 for n in written.values()):
-        gen = make_generator(self.generator, random_state=self.random_state, progress=self.progress)
-        self.generator_ = clone_generator(gen, self.random_state)
-        self.generator_.fit(inp.model_df, target=inp.target, sensitive=inp.sensitive, schema=self.schema_)
-        def keep(rows):  # a row written for `skin > 0` must have skin > 0
-            ok = _agrees(rows, self.derived)
-            self.derived_disagreements_ += int((~ok).sum())
-            return ok
-        synth, self.filter_report_ = fill_groups(self.generator_, written, cols, _row_filter(self, inp.model_df),
-                                                 self.max_rounds, self.overshoot, self.on_shortfall, self.random_state, self.progress,
-                                                 keep if self.derived else None)
+    self.derived_disagreements_, self.selection_, self.selected_share_ = 0, None, None
     kept = [c for c in inp.df.columns if c in self.schema_.columns]  # ID columns the schema left out stay missing, as in written rows
+    if self.select_with is None:
+        written, copies = _shares(inp.need, inp.counts, self.generated_share)
+        synth = _write(self, inp, np.ones(len(inp.df), bool), written)
+    else: written, copies, synth = _select_share(self, inp, kept)
     copied = copy_rows(inp.df[kept], copies, cols, self.random_state)
     self.generated_mask_ = np.r_[np.zeros(len(inp.df), bool), np.ones(len(synth), bool), np.zeros(len(copied), bool)]
     return pd.concat([synth.reindex(columns=inp.df.columns), copied], ignore_index=True)
+
+
+# %% ../nbs/05_oversample.ipynb #0a33d0dc
+def validation_mask(df: pd.DataFrame, # the real rows
+                    group_columns: list[str], # the columns of a group
+                    size: float = 0.3, # share of each group's rows to hold out
+                    random_state=None, # seed
+                   ) -> np.ndarray:
+    "True for the rows held out: `size` of each group's rows (rounded half up), at least one of a group of two or more, never a group's last row."
+    rng = np.random.default_rng(as_seed(random_state))
+    codes = df.groupby(group_columns, sort=False, observed=True, dropna=False).ngroup().to_numpy()
+    out = np.zeros(len(df), bool)
+    for g in np.unique(codes):
+        idx = np.flatnonzero(codes == g)
+        if len(idx) < 2: continue
+        out[rng.choice(idx, min(len(idx) - 1, max(1, int(math.floor(len(idx) * size + 0.5)))), replace=False)] = True
+    return out
+
+def _check_shares(shares) -> list:
+    out = list(shares) if not isinstance(shares, str) else [shares]
+    bad = [s for s in out if not (s in ('auto', 'none') if isinstance(s, str) else isinstance(s, numbers.Real) and 0 <= s <= 1)]
+    if not out or bad: raise OPALInputError(f"select_shares must hold shares in [0, 1], 'auto' or 'none'; got {shares!r}")
+    return out
+
+def _key_counts(counts: pd.Series) -> dict: return {(k if isinstance(k, tuple) else (k,)): int(v) for k, v in counts.items()}
+
+def _select_share(self: OPALOverSampler, inp, kept: list) -> tuple[dict, dict, pd.DataFrame]:
+    """Hold out `validation_size` of each group's rows; fit the generator on the others; add each candidate of `select_shares`
+    to them (each group keeps its ratio of added to real rows) and score `select_with` on the held-out rows by worst-group
+    error (ties: mean group error, then the earlier candidate). The chosen share is applied to all the rows."""
+    from opal_nb.evaluate import group_errors  # fairlearn loads only when asked for
+    cols, candidates = [inp.target, *inp.sensitive], _check_shares(self.select_shares)
+    val = validation_mask(inp.df, cols, self.validation_size, self.random_state)
+    if not val.any(): raise OPALInputError("select_with needs validation rows, but every group has a single row: leave select_with=None")
+    fit_df = inp.df[~val]
+    have, have_fit = _key_counts(inp.counts), _key_counts(group_counts(fit_df, inp.target, inp.sensitive))
+    fit_need = {k: (int(math.floor(n * have_fit.get(tuple(k), 0) / have[tuple(k)] + 0.5)) if have.get(tuple(k)) else n) for k, n in inp.need.items()}
+    fit_counts = pd.Series(have_fit)
+    numeric = [s for s in candidates if s != 'none']
+    to_write = {k: max([0] + [max(_shares(fit_need, fit_counts, s)[0][k], _shares(inp.need, inp.counts, s)[0][k]) for s in numeric]) for k in inp.need}
+    synth = _write(self, inp, ~val, to_write)
+    X_val, y_val = _give_back(inp, inp.df[val])
+    classes = np.unique(inp.labels)
+    truth = inp.labels[val] if inp.one_hot else np.asarray(y_val)  # one-hot y: labels are class indices
+    rows = []
+    for s in candidates:
+        w, c = ({k: 0 for k in fit_need}, {k: 0 for k in fit_need}) if s == 'none' else _shares(fit_need, fit_counts, s)
+        written = first_rows(synth, w, cols)
+        added = pd.concat([written.reindex(columns=inp.df.columns),
+                           copy_rows(fit_df[kept], c, cols, self.random_state).reindex(columns=inp.df.columns)], ignore_index=True)
+        X_t, y_t = _give_back(inp, pd.concat([fit_df, coerce_like(added, inp.df, self.schema_)], ignore_index=True))
+        est = clone(self.select_with)
+        if self.random_state is not None and est.get_params().get('random_state', 0) is None: est.set_params(random_state=self.random_state)
+        pred = np.asarray(est.fit(X_t, y_t).predict(X_val))
+        if inp.one_hot: pred = classes[pred.argmax(1)]
+        e = group_errors(truth, pred.astype(truth.dtype) if truth.dtype.kind in 'biuf' else pred, inp.df.loc[val, cols].reset_index(drop=True))
+        rows.append(dict(share=s, worst_group_error=e['worst'], mean_group_error=float(np.mean(list(e['groups'].values()))),
+                         written=len(written), copied=sum(c.values())))
+    best = min(range(len(rows)), key=lambda i: (round(rows[i]['worst_group_error'], 12), round(rows[i]['mean_group_error'], 12), i))
+    self.selection_ = pd.DataFrame(rows).assign(chosen=[i == best for i in range(len(rows))]).set_index('share')
+    self.selected_share_ = candidates[best]
+    if self.selected_share_ == 'none': return {k: 0 for k in inp.need}, {k: 0 for k in inp.need}, inp.df.iloc[:0]
+    written, copies = _shares(inp.need, inp.counts, self.selected_share_)
+    return written, copies, first_rows(synth, written, cols)
+
 
 # %% ../nbs/05_oversample.ipynb #300822fd
 class GroupOverSampler(GroupSampler):

@@ -11,7 +11,7 @@ from opal_nb.data import load_default, imbalanced_split, spurious_split, PAPER_D
 from opal_nb.evaluate import unpenalized_logistic
 from opal_nb.experiments import (ExperimentSplit, PaperMethod, TIDY_COLUMNS, split_from_paper, split_from_protocol,
                                  group_plan, order_by_plan, row_groups, plan_counts, paper_methods, run_method, run_paper,
-                                 error_table, smote_rows, duplicate_rows, tabular_rows, released_rows, k_rows,
+                                 error_table, smote_rows, duplicate_rows, generator_rows, released_rows, k_rows,
                                  fit_power_law, scaling_study, minority_groups, cached_results)
 
 PAPER = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'opal-paper'
@@ -93,7 +93,7 @@ def test_spurious_metrics_present(tmp_path):
 def test_opal_tabular_paper_split_fills_plan():
     sp = split_from_paper(PAPER, 'openmlDiabetes', 'spurious', 2)
     plan = group_plan(sp, sp.n_real)
-    rows = tabular_rows(sp, plan, sp.seed, epochs=5)
+    rows = generator_rows(sp, plan, sp.seed, epochs=5)
     assert plan_counts(row_groups(sp, rows)) == plan_counts(plan)  # including skin = 0 groups
 
 
@@ -101,9 +101,9 @@ def test_opal_tabular_paper_split_fills_plan():
 def test_tabular_never_sees_test_rows(default_splits):
     _, spur = default_splits
     plan = group_plan(spur, 12, 'minority')
-    a = tabular_rows(spur, plan, 3, epochs=3)
+    a = generator_rows(spur, plan, 3, epochs=3)
     other = ExperimentSplit(**{**spur.__dict__, 'test': spur.test.iloc[:5] * 0})  # a different test set
-    b = tabular_rows(other, plan, 3, epochs=3)
+    b = generator_rows(other, plan, 3, epochs=3)
     pd.testing.assert_frame_equal(a, b)
     assert len(a.merge(spur.train)) == 0  # the filter drops copies of real rows
 
@@ -251,11 +251,10 @@ def tiny_chat(default_splits, tmp_path_factory):
 
 @pytest.mark.parametrize('kind', ['icl', 'ft'])
 def test_smol_methods_fill_plan_without_test_rows(default_splits, tiny_chat, kind):
-    from opal_nb.experiments import smol_icl_rows, smol_tabular_rows
     _, spur = default_splits
     plan = group_plan(spur, 6, 'minority')
-    fn = (lambda s: smol_icl_rows(s, plan, 2, model=tiny_chat, n_examples=3, batch_size=3)) if kind == 'icl' else \
-         (lambda s: smol_tabular_rows(s, plan, 2, model=tiny_chat, lora_r=None, max_steps=2, sample_batch_size=3))
+    fn = (lambda s: generator_rows(s, plan, 2, 'smol_icl', model=tiny_chat, n_examples=3, batch_size=3)) if kind == 'icl' else \
+         (lambda s: generator_rows(s, plan, 2, 'smol_tabular', model=tiny_chat, lora_r=None, max_steps=2, sample_batch_size=3))
     a = fn(spur)
     assert plan_counts(row_groups(spur, order_by_plan(spur, a, plan))) == plan_counts(plan)
     assert list(a.columns) == list(spur.train.columns) and (a.dtypes == spur.train.dtypes).all()

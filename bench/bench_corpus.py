@@ -73,7 +73,7 @@ def opal_defaults(split, cache_dir, plan: str = 'minority', share: float = GENER
     return share_method(written_rows(split, cache_dir, plan), share)
 
 
-_FITS: dict = {}  # the last fitted TabularLM and what it wrote, so a second classifier's selection reuses them
+_FITS: dict = {}  # the last fitted TabularLMs and what they wrote, so a second classifier's selection reuses them
 
 
 class SameRows(BaseGenerator):
@@ -85,7 +85,7 @@ class SameRows(BaseGenerator):
     def fit(self, df, target, sensitive=None, schema=None):
         self.key_ = (int(pd.util.hash_pandas_object(df).sum()), tuple(df.columns), target, tuple(sensitive or ()), self.random_state)
         if self.key_ not in _FITS:
-            _FITS.clear()
+            while len(_FITS) >= 4: _FITS.pop(next(iter(_FITS)))  # the oldest (one selection fits twice: without the held-out rows, then on all)
             _FITS[self.key_] = (TabularLM(random_state=self.random_state, progress=False).fit(df, target, sensitive, schema), {})
         self.schema_ = _FITS[self.key_][0].schema_
         return self
@@ -98,10 +98,10 @@ class SameRows(BaseGenerator):
         return rows.copy()
 
 
-def select_method(split, classifier) -> PaperMethod:
-    "`OPALOverSampler(select_with=classifier)`, the classifier encoded as the engine encodes it (`classifier_pipeline`)."
+def select_method(split, classifier, **params) -> PaperMethod:
+    "`OPALOverSampler(select_with=classifier, **params)`, the classifier encoded as the engine encodes it (`classifier_pipeline`)."
     kinds, levels = _features(split)
-    return sampler_method(OPALOverSampler(SameRows(), select_with=classifier_pipeline(classifier, kinds, levels), progress=False))
+    return sampler_method(OPALOverSampler(SameRows(), select_with=classifier_pipeline(classifier, kinds, levels), progress=False, **params))
 
 
 def classifiers() -> dict:

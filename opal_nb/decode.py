@@ -36,24 +36,28 @@ class TokenConstraint:
     "What `decode_rows` asks of a constraint: the tokens each sequence may write next."
     def step(self, last: torch.LongTensor | None, # each sequence's last token (CPU); None: start `m` sequences
              m: int, # how many sequences
+             active: torch.BoolTensor | None = None, # (m,) the rows to advance (None: all); the others keep their state
             ) -> torch.BoolTensor:
-        "Advance every sequence by its `last` token (or start `m` of them); the (m, vocabulary) mask of tokens allowed next."
+        "Advance the `active` sequences by their `last` token (or start `m` of them); the (m, vocabulary) mask of tokens allowed next."
         raise NotImplementedError
 
+def _takes_active(constraint) -> bool:
+    "Whether `constraint.step` can advance some rows only (an `active` parameter), which per-row jump-forward needs."
+    try: return 'active' in inspect.signature(constraint.step).parameters
+    except (TypeError, ValueError): return False
+
 class PatternConstraint(TokenConstraint):
-    "Position i allows the tokens of `pattern[i]`; then `eos`, then `pad` (a small constraint for examples and tests)."
+    "Position i of a row allows the tokens of `pattern[i]`; then `eos`, then `pad` (a small constraint for examples and tests)."
     def __init__(self, pattern: list, # one collection of token ids per position
                  vocab_size: int, eos: int, pad: int):
         self.pattern, self.V, self.eos, self.pad = [list(p) for p in pattern], vocab_size, eos, pad
+        self.table = torch.zeros(len(self.pattern) + 2, vocab_size, dtype=torch.bool)  # the mask at each position
+        for i, p in enumerate(self.pattern): self.table[i, p] = True
+        self.table[-2, eos], self.table[-1, pad] = True, True
 
-    def step(self, last, m):
-        self.t = 0 if last is None else self.t + 1
-        mask = torch.zeros(m, self.V, dtype=torch.bool)
-        if self.t < len(self.pattern): mask[:, self.pattern[self.t]] = True
-        else:
-            ended = torch.zeros(m, dtype=torch.bool) if self.t == len(self.pattern) else (last == self.eos) | (last == self.pad)
-            mask[:, self.eos], mask[:, self.pad] = ~ended, ended
-        return mask
+    def step(self, last, m, active=None):
+        self.t = torch.zeros(m, dtype=torch.long) if last is None else self.t + (1 if active is None else active.long())
+        return self.table[self.t.clamp(max=len(self.pattern) + 1)]
 
 # %% ../nbs/02b_decode.ipynb #94519508
 def warpers(temperature: float = 1.0, top_p: float = 1.0) -> LogitsProcessorList:
@@ -63,21 +67,30 @@ def warpers(temperature: float = 1.0, top_p: float = 1.0) -> LogitsProcessorList
     if top_p < 1: out.append(TopPLogitsWarper(float(top_p)))
     return out
 
-def _draw(scores: torch.Tensor, generator: torch.Generator | None = None) -> torch.LongTensor:
-    "One token per row from softmax(`scores`), by inverting the cumulative sum with one uniform number per row."
+def _draw(scores: torch.Tensor, generator: torch.Generator | None = None, u: torch.Tensor | None = None) -> torch.LongTensor:
+    "One token per row from softmax(`scores`), by inverting the cumulative sum with one uniform number per row (`u`, else from `generator`)."
     cdf = scores.softmax(-1).cumsum(-1)
-    u = (1 - torch.rand(len(cdf), 1, generator=generator, device=cdf.device)) * cdf[:, -1:]  # in (0, total]
+    if u is None: u = torch.rand(len(cdf), generator=generator, device=cdf.device)
+    u = (1 - u[:, None]) * cdf[:, -1:]  # in (0, total]
     return (cdf < u).sum(-1).clamp_(max=cdf.shape[1] - 1)
 
 # %% ../nbs/02b_decode.ipynb #86a42672
+def _ragged_positions(pos: torch.LongTensor, lengths: torch.LongTensor, k: int):
+    "Each row's positions for a ragged block of width `k` (rows from `pos` on), which of them are real, and the longest row's end."
+    posn = pos[:, None] + torch.arange(k)
+    return posn, posn < (pos + lengths)[:, None], int((pos + lengths).max())
+
 class _GPT2Steps:
     "Next-token logits of a `GPT2LMHeadModel` for `m` sequences sharing a prompt, with a preallocated position-major KV cache."
+    ragged = True  # takes blocks with a different number of tokens per row
     def __init__(self, model: GPT2LMHeadModel, prompt: list[int], m: int, max_length: int):
         cfg, self.tr, self.head = model.config, model.transformer, model.lm_head.weight
         self.m, self.E, self.H, dev = m, cfg.n_embd, cfg.n_head, self.head.device
-        self.D, L = self.E // self.H, max_length
-        self.K = [torch.empty(L, m, self.H, self.D, device=dev) for _ in self.tr.h]  # (position, sequence, head, dim)
-        self.V = [torch.empty(L, m, self.H, self.D, device=dev) for _ in self.tr.h]
+        self.D, self.L = self.E // self.H, max_length
+        # (position, sequence, head, dim); position L is spare: the padding of a ragged block is written there. Zeros, so
+        # the positions a row has not reached yet (read in a ragged call, with weight 0) hold finite numbers.
+        self.K = [torch.zeros(max_length + 1, m, self.H, self.D, device=dev) for _ in self.tr.h]
+        self.V = [torch.zeros(max_length + 1, m, self.H, self.D, device=dev) for _ in self.tr.h]
         self.scale = [(self.D ** -0.5 if cfg.scale_attn_weights else 1.0) / ((i + 1) if cfg.scale_attn_by_inverse_layer_idx else 1)
                       for i in range(cfg.n_layer)]
         self.gelu = cfg.activation_function == 'gelu_new'  # the same function as torch's tanh-approximated gelu, fused
@@ -85,19 +98,33 @@ class _GPT2Steps:
         logits = self._forward(torch.tensor([prompt], device=dev))  # the shared prompt, once, for one sequence
         P = len(prompt)
         for K, V in zip(self.K, self.V): K[:P, 1:], V[:P, 1:] = K[:P, :1], V[:P, :1]
+        self.pos = torch.full((m,), P)  # each row's next position (CPU)
         self.first = logits.expand(m, -1)
 
-    def __call__(self, tokens: torch.LongTensor) -> torch.Tensor:
-        "Logits after feeding `tokens`, (m,) or (m, k): the next-token scores of each sequence after its last token."
-        return self._forward(tokens if tokens.dim() == 2 else tokens[:, None])
+    def __call__(self, tokens: torch.LongTensor, # (m,) or (m, k) token ids
+                 lengths: torch.LongTensor | None = None, # (m,) CPU: row r brings its first lengths[r] tokens (None: all k)
+                ) -> torch.Tensor:
+        "Logits after feeding `tokens`: the next-token scores of each sequence after its last (real) token."
+        tokens = tokens if tokens.dim() == 2 else tokens[:, None]
+        if lengths is not None: return self._ragged(tokens, lengths)
+        if self.t is None: raise RuntimeError("_GPT2Steps: the rows are at different positions after a ragged call; pass lengths")
+        self.pos[:tokens.shape[0]] += tokens.shape[1]
+        return self._forward(tokens)
+
+    def _block(self, x, blk, o):
+        "The rest of a block after attention `o`: projection, residual, MLP."
+        attn, mlp = blk.attn, blk.mlp
+        x = x + torch.addmm(attn.c_proj.bias, o, attn.c_proj.weight)
+        h = torch.addmm(mlp.c_fc.bias, blk.ln_2(x), mlp.c_fc.weight)
+        h = torch.nn.functional.gelu(h, approximate='tanh') if self.gelu else mlp.act(h)
+        return x + torch.addmm(mlp.c_proj.bias, h, mlp.c_proj.weight)
 
     def _forward(self, tokens):
         (b, k), t, E, H, D = tokens.shape, self.t, self.E, self.H, self.D
         x = (self.tr.wte.weight[tokens] + self.tr.wpe.weight[t:t + k]).transpose(0, 1).reshape(k * b, E)  # position-major rows
         if k > 1: future = (torch.arange(t + k, device=x.device)[None] > torch.arange(t, t + k, device=x.device)[:, None])[:, :, None, None]
         for K, V, scale, blk in zip(self.K, self.V, self.scale, self.tr.h):
-            attn, mlp = blk.attn, blk.mlp
-            q, kk, v = torch.addmm(attn.c_attn.bias, blk.ln_1(x), attn.c_attn.weight).view(k, b, 3, H, D).unbind(2)
+            q, kk, v = torch.addmm(blk.attn.c_attn.bias, blk.ln_1(x), blk.attn.c_attn.weight).view(k, b, 3, H, D).unbind(2)
             K[t:t + k, :b], V[t:t + k, :b] = kk, v
             if k == 1:  # one query: a weighted sum over the cached positions
                 w = (K[:t + 1, :b] * (q * scale)).sum(-1).softmax(0)  # (position, sequence, head)
@@ -105,12 +132,33 @@ class _GPT2Steps:
             else:  # k queries, causal among themselves
                 s = torch.einsum('qbhd,pbhd->qpbh', q * scale, K[:t + k, :b]).masked_fill(future, float('-inf'))
                 o = torch.einsum('qpbh,pbhd->qbhd', s.softmax(1), V[:t + k, :b]).reshape(k * b, E)
-            x = x + torch.addmm(attn.c_proj.bias, o, attn.c_proj.weight)
-            h = torch.addmm(mlp.c_fc.bias, blk.ln_2(x), mlp.c_fc.weight)
-            h = torch.nn.functional.gelu(h, approximate='tanh') if self.gelu else mlp.act(h)
-            x = x + torch.addmm(mlp.c_proj.bias, h, mlp.c_proj.weight)
+            x = self._block(x, blk, o)
         self.t += k
         return self.tr.ln_f(x[-b:]) @ self.head.T
+
+    def _ragged(self, tokens, lengths):
+        (b, k), E, H, D, dev = tokens.shape, self.E, self.H, self.D, tokens.device
+        if b != self.m: raise ValueError(f"a ragged block has one row per sequence ({self.m}); got {b}")
+        posn, real, T = _ragged_positions(self.pos, lengths, k)
+        wpe = self.tr.wpe.weight
+        x = (self.tr.wte.weight[tokens] + wpe[posn.clamp(max=len(wpe) - 1).to(dev)]).transpose(0, 1).reshape(k * b, E)
+        at = torch.where(real, posn, self.L).T.to(dev)  # (k, b): where each slot's keys go (padding: the spare position)
+        rows = torch.arange(b, device=dev)
+        qpos = posn.T.to(dev)
+        hide = torch.arange(T, device=dev)[None, :, None] > qpos[:, None, :]  # (k, T, b): keys after each query's position
+        for K, V, scale, blk in zip(self.K, self.V, self.scale, self.tr.h):
+            q, kk, v = torch.addmm(blk.attn.c_attn.bias, blk.ln_1(x), blk.attn.c_attn.weight).view(k, b, 3, H, D).unbind(2)
+            K[at, rows], V[at, rows] = kk, v
+            if k == 1:
+                w = (K[:T] * (q * scale)).sum(-1).masked_fill(hide[0, :, :, None], float('-inf')).softmax(0)  # (position, sequence, head)
+                o = (w[..., None] * V[:T]).sum(0).reshape(b, E)
+            else:
+                s = torch.einsum('qbhd,pbhd->qpbh', q * scale, K[:T]).masked_fill(hide[..., None], float('-inf'))
+                o = torch.einsum('qpbh,pbhd->qbhd', s.softmax(1), V[:T]).reshape(k * b, E)
+            x = self._block(x, blk, o)
+        self.pos, self.t = self.pos + lengths, None
+        last = (lengths - 1).clamp(min=0).to(dev)
+        return self.tr.ln_f(x.view(k, b, E)[last, rows]) @ self.head.T
 
 def _batch_cache(cache, model, batch_size: int, max_len: int):
     "The prompt's KV `cache` copied for `batch_size` sequences, in a preallocated `StaticCache` when the model allows it."
@@ -129,7 +177,12 @@ def _cache_of(out):
     return c if c is not None else out.past_key_values
 
 class _CachedSteps:
-    "The same for any causal LM, through its own `forward` and a `transformers` cache."
+    """The same for any causal LM, through its own `forward` and a `transformers` cache.
+
+    Synchronous only (`ragged = False`): a `transformers` cache writes one range of positions for the whole batch, so
+    its rows cannot be at different positions; with it `decode_rows` keeps the rows in step and jump-forwards only the
+    steps where every row is forced."""
+    ragged = False
     def __init__(self, model, prompt: list[int], m: int, max_length: int):
         inner = model.get_base_model() if hasattr(model, 'get_base_model') else model  # a peft model forwards **kwargs
         params = inspect.signature(inner.forward).parameters
@@ -157,6 +210,7 @@ def _llama_path(model) -> bool:
 
 class _LlamaSteps:
     "Next-token logits of a Llama-family model for `m` sequences after one shared prompt, whose keys and values are kept once."
+    ragged = True  # takes blocks with a different number of tokens per row
     def __init__(self, model, prompt: list[int], m: int, max_length: int):
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
         inner = model.get_base_model() if hasattr(model, 'get_base_model') else model
@@ -168,14 +222,20 @@ class _LlamaSteps:
         cache = _cache_of(out)
         self.Kp = [l.keys[0] for l in cache.layers]  # (kv heads, prompt, dim): one copy for every row
         self.Vp = [l.values[0] for l in cache.layers]
-        self.P, S, dt = len(prompt), max_length - len(prompt), self.Kp[0].dtype
-        self.Ks = [torch.empty(m, self.Z, S, self.D, device=dev, dtype=dt) for _ in self.dec.layers]  # per row: tokens since the prompt
-        self.Vs = [torch.empty(m, self.Z, S, self.D, device=dev, dtype=dt) for _ in self.dec.layers]
-        self.t, self.m = 0, m
+        self.P, self.S, dt = len(prompt), max_length - len(prompt), self.Kp[0].dtype
+        # per row: the tokens since the prompt; slot S is spare (the padding of ragged blocks); zeros, so unreached slots are finite
+        self.Ks = [torch.zeros(m, self.Z, self.S + 1, self.D, device=dev, dtype=dt) for _ in self.dec.layers]
+        self.Vs = [torch.zeros(m, self.Z, self.S + 1, self.D, device=dev, dtype=dt) for _ in self.dec.layers]
+        self.t, self.m, self.pos = 0, m, torch.zeros(m, dtype=torch.long)  # pos: each row's next slot (CPU)
         self.first = out.logits[:, -1].float().expand(m, -1)
 
-    def __call__(self, tokens: torch.LongTensor) -> torch.Tensor:
+    def __call__(self, tokens: torch.LongTensor, # (m,) or (m, k) token ids
+                 lengths: torch.LongTensor | None = None, # (m,) CPU: row r brings its first lengths[r] tokens (None: all k)
+                ) -> torch.Tensor:
+        "Logits after feeding `tokens`: the next-token scores of each sequence after its last (real) token."
         tokens = tokens if tokens.dim() == 2 else tokens[:, None]
+        if lengths is not None: return self._ragged(tokens, lengths)
+        if self.t is None: raise RuntimeError("_LlamaSteps: the rows are at different positions after a ragged call; pass lengths")
         (b, k), t, H, Z, D = tokens.shape, self.t, self.H, self.Z, self.D
         dev = tokens.device
         x = self.dec.embed_tokens(tokens)
@@ -194,7 +254,32 @@ class _LlamaSteps:
             x = x + a.o_proj(o.reshape(b, H, k, D).transpose(1, 2).reshape(b, k, H * D))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         self.t += k
+        self.pos[:b] += k
         return self.hf.lm_head(self.dec.norm(x[:, -1])).float()
+
+    def _ragged(self, tokens, lengths):
+        (b, k), H, Z, D, dev = tokens.shape, self.H, self.Z, self.D, tokens.device
+        if b != self.m: raise ValueError(f"a ragged block has one row per sequence ({self.m}); got {b}")
+        posn, real, T = _ragged_positions(self.pos, lengths, k)
+        x = self.dec.embed_tokens(tokens)
+        cos, sin = self.dec.rotary_emb(x, (self.P + posn).to(dev))  # each row's own positions
+        at = torch.where(real, posn, self.S).to(dev)  # (b, k): each slot's place in the row's cache (padding: the spare slot)
+        rows = torch.arange(b, device=dev)[:, None]
+        hide = (torch.arange(T, device=dev) > posn.to(dev)[:, :, None])[:, None, None]  # (b, 1, 1, k, T): keys after each query
+        for Kp, Vp, Ks, Vs, layer in zip(self.Kp, self.Vp, self.Ks, self.Vs, self.dec.layers):
+            a, h = layer.self_attn, layer.input_layernorm(x)
+            q = a.q_proj(h).view(b, k, H, D).transpose(1, 2)
+            kk = a.k_proj(h).view(b, k, Z, D).transpose(1, 2)
+            q, kk = self.rope(q, kk, cos, sin)
+            Ks[rows, :, at], Vs[rows, :, at] = kk.transpose(1, 2), a.v_proj(h).view(b, k, Z, D)
+            q = q.reshape(b, Z, H // Z, k, D) * a.scaling
+            s = torch.cat([torch.einsum('bzgkd,zpd->bzgkp', q, Kp),
+                           torch.einsum('bzgkd,bzsd->bzgks', q, Ks[:, :, :T]).masked_fill(hide, float('-inf'))], -1).softmax(-1)
+            o = torch.einsum('bzgkp,zpd->bzgkd', s[..., :self.P], Vp) + torch.einsum('bzgks,bzsd->bzgkd', s[..., self.P:], Vs[:, :, :T])
+            x = x + a.o_proj(o.reshape(b, H, k, D).transpose(1, 2).reshape(b, k, H * D))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        self.pos, self.t = self.pos + lengths, None
+        return self.hf.lm_head(self.dec.norm(x[rows[:, 0], (lengths - 1).clamp(min=0).to(dev)])).float()
 
 def _steps_for(model, fast: bool | None):
     "The step class for `model`: the GPT-2 fast path, shared-prefix attention for the Llama family, else the model's `forward`."
@@ -213,6 +298,71 @@ def _fit_width(mask: torch.BoolTensor, width: int) -> torch.BoolTensor:
         return mask[:, :width]
     return torch.nn.functional.pad(mask, (0, width - mask.shape[1]))
 
+def _masked(logits, allowed, dev):
+    "`logits` with the tokens `allowed` does not allow set to -inf."
+    return logits.masked_fill(~_fit_width(allowed, logits.shape[1]).to(dev), float('-inf'))
+
+def _lockstep_rows(steps, constraint, m, T, warp, u, pad, eos, dev, jump_forward):
+    "Every row one token per step; with `jump_forward`, the steps where every row is forced fed together."
+    logits, out = steps.first, torch.full((m, T), pad)
+    done, nxt, pending, t = torch.zeros(m, dtype=torch.bool), None, [], 0
+    calls = fed = forced_steps = forced = draws = 0
+    while t < T:
+        allowed = constraint.step(nxt, m)
+        one = allowed.sum(1) == 1
+        forced, draws = forced + int((one & ~done).sum()), draws + int((~one & ~done).sum())
+        if one.all():  # every sequence has one choice: no scores needed, no draw
+            nxt, forced_steps = allowed.to(torch.uint8).argmax(1), forced_steps + 1
+        else:
+            if pending:
+                logits = steps(torch.stack(pending, 1).to(dev)); calls, fed, pending = calls + 1, fed + len(pending), []
+            nxt = _draw(warp(None, _masked(logits, allowed, dev)), u=u[:, t]).cpu()
+        nxt = torch.where(done, pad, nxt)
+        out[:, t], t = nxt, t + 1
+        done |= nxt == eos
+        if done.all(): break
+        pending.append(nxt)
+        if not jump_forward:
+            logits = steps(torch.stack(pending, 1).to(dev)); calls, fed, pending = calls + 1, fed + 1, []
+    return out[:, :t].clone(), dict(steps=t, model_calls=calls, tokens_fed=fed, forced_tokens=forced, draws=draws,
+                                    ragged=False, forced_steps=forced_steps)
+
+def _ragged_rows(steps, constraint, m, T, warp, u, pad, eos, dev):
+    "Every row at its own pace: its forced tokens written at once, then one model call for every row's pending tokens."
+    out, n, fed = torch.full((m, T), pad), torch.zeros(m, dtype=torch.long), torch.zeros(m, dtype=torch.long)  # n: written, fed: of them fed
+    done, logits = torch.full((m,), T == 0), steps.first  # logits: each row's after its last token fed
+    calls = width = forced = draws = 0
+    allowed = constraint.step(None, m)
+
+    def write(r, tok):  # rows `r` write `tok`; the constraint advances those that go on
+        nonlocal allowed
+        out[r, n[r]] = tok; n[r] += 1
+        end = (tok == eos) | (n[r] >= T)
+        done[r] = end
+        if (~end).any():
+            last, active = torch.full((m,), pad), torch.zeros(m, dtype=torch.bool)
+            last[r], active[r[~end]] = tok, True
+            allowed = constraint.step(last, m, active=active)
+
+    while True:
+        while (one := (allowed.sum(1) == 1) & ~done).any():  # forced tokens: no draw, fed with the next call
+            r = one.nonzero()[:, 0]
+            forced += len(r)
+            write(r, allowed[r].to(torch.uint8).argmax(1))
+        if done.all(): break
+        k_r = torch.where(done, 0, n - fed)  # each unfinished row's tokens not fed yet
+        if (k := int(k_r.max())):
+            j = torch.arange(k)
+            block = out.gather(1, (fed[:, None] + j).clamp(max=T - 1)).masked_fill(j >= k_r[:, None], pad)
+            logits = torch.where((k_r > 0).to(dev)[:, None], steps(block.to(dev), k_r), logits)
+            fed, calls, width = fed + k_r, calls + 1, width + k
+        r = (~done).nonzero()[:, 0]
+        rd = r.to(dev)
+        draws += len(r)
+        write(r, _draw(warp(None, _masked(logits[rd], allowed[r], dev)), u=u[rd, n[r].to(dev)]).cpu())
+    t = int(n.max()) if m else 0
+    return out[:, :t].clone(), dict(steps=t, model_calls=calls, tokens_fed=width, forced_tokens=forced, draws=draws, ragged=True)
+
 def decode_rows(model, # a causal LM (a `GPT2LMHeadModel` takes the fast path)
                 prompt: list[int], # token ids every row starts with
                 constraint: TokenConstraint, # which tokens are allowed at each step
@@ -224,34 +374,19 @@ def decode_rows(model, # a causal LM (a `GPT2LMHeadModel` takes the fast path)
                 eos: int = 2, # the end-of-row token
                 generator: torch.Generator | None = None, # the draws' random numbers, on the model's device (None: torch's global generator there)
                 fast: bool | None = None, # False: the model's own `forward`; None/True: a fast path where the model has one (GPT-2, the Llama family)
-                jump_forward: bool = True, # run forced tokens through the model together (False: one call per token; the same rows)
-                stats: dict | None = None, # filled with counts: steps, model_calls, tokens_fed, forced_steps
+                jump_forward: bool = True, # forced tokens without a model call each, per row where the model and constraint allow (False: one call per token; the same rows)
+                stats: dict | None = None, # filled with counts: steps, model_calls, tokens_fed, forced_tokens, draws, ragged (forced_steps)
                ) -> torch.LongTensor:
     "(m, <= max_new_tokens) ids sampled after `prompt` under `constraint`, `pad` after `eos` (on the CPU)."
-    warp, dev = warpers(temperature, top_p), model_device(model)
+    warp, dev, T = warpers(temperature, top_p), model_device(model), max(max_new_tokens, 0)
     with torch.inference_mode():
-        steps = _steps_for(model, fast)(model, prompt, m, len(prompt) + max_new_tokens)
-        logits, out = steps.first, torch.full((m, max(max_new_tokens, 0)), pad)
-        done, nxt, pending, t = torch.zeros(m, dtype=torch.bool), None, [], 0
-        calls = fed = forced_steps = 0
-        while t < max_new_tokens:
-            allowed = constraint.step(nxt, m)
-            if (allowed.sum(1) == 1).all():  # every sequence has one choice: no scores needed, no draw
-                nxt, forced_steps = allowed.to(torch.uint8).argmax(1), forced_steps + 1
-            else:
-                if pending:
-                    logits = steps(torch.stack(pending, 1).to(dev)); calls, fed, pending = calls + 1, fed + len(pending), []
-                scores = logits.masked_fill(~_fit_width(allowed, logits.shape[1]).to(dev), float('-inf'))
-                nxt = _draw(warp(None, scores), generator).cpu()
-            nxt = torch.where(done, pad, nxt)
-            out[:, t], t = nxt, t + 1
-            done |= nxt == eos
-            if done.all(): break
-            pending.append(nxt)
-            if not jump_forward:
-                logits = steps(torch.stack(pending, 1).to(dev)); calls, fed, pending = calls + 1, fed + 1, []
-        if stats is not None: stats.update(steps=t, model_calls=calls, tokens_fed=fed, forced_steps=forced_steps)
-        return out[:, :t].clone()
+        steps = _steps_for(model, fast)(model, prompt, m, len(prompt) + T)
+        u = torch.rand(m, T, generator=generator, device=dev)  # row r's token at position p is drawn with u[r, p], in every loop
+        if jump_forward and getattr(steps, 'ragged', False) and _takes_active(constraint):
+            out, st = _ragged_rows(steps, constraint, m, T, warp, u, pad, eos, dev)
+        else: out, st = _lockstep_rows(steps, constraint, m, T, warp, u, pad, eos, dev, jump_forward)
+        if stats is not None: stats.update(st)
+        return out
 
 # %% ../nbs/02b_decode.ipynb #12a0e363
 def train_model(model, # a torch model; its parameters that require a gradient are trained

@@ -271,10 +271,11 @@ class SchemaConstraint(TokenConstraint, LogitsProcessor):
 
     def step(self, last: torch.LongTensor | None = None, # each sequence's last token; None: start new sequences
              batch_size: int | None = None, # how many sequences to start (when `last` is None)
+             active: torch.BoolTensor | None = None, # the rows to advance (None: all); the others keep their state
             ) -> torch.BoolTensor:
-        "Advance every sequence by its `last` token (or start `batch_size` of them); the (batch, vocabulary) mask of tokens allowed next."
+        "Advance every sequence (or the `active` ones) by its `last` token (or start `batch_size` of them); the (batch, vocabulary) mask of tokens allowed next."
         if last is None: self._start(batch_size)
-        else: self._advance(last)
+        else: self._advance(last, active)
         return self._allowed()
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -291,13 +292,14 @@ def _start(self: SchemaConstraint, B: int):
     self.state = dict(phase=z(), done=self.written.repeat(B, 1), col=z(), pos=z(), value=z(), neg=torch.zeros(B, dtype=torch.bool))
 
 @patch
-def _advance(self: SchemaConstraint, t: torch.LongTensor):
-    "Update the state of every sequence with its last token `t`."
+def _advance(self: SchemaConstraint, t: torch.LongTensor, active: torch.BoolTensor | None = None):
+    "Update the state of every sequence (or of the `active` ones) with its last token `t`."
     c, s = self.codec, self.state
     phase, col, pos, value, neg = s['phase'], s['col'], s['pos'], s['value'], s['neg']
     is_col, is_digit = (t >= c.col0) & (t < c.col0 + c.n_columns), (t >= c.digit0) & (t < c.digit0 + 10)
     digit = (t - c.digit0).clamp(0, 9)
     new_col = (phase == _COLUMN) & is_col
+    if active is not None: new_col &= active
     col = torch.where(new_col, (t - c.col0).clamp(0, c.n_columns - 1), col)
     s['done'][new_col, col[new_col]] = True
     first_digit, more_digit = (phase == _VALUE) & is_digit, (phase == _DIGITS) & is_digit
@@ -314,6 +316,8 @@ def _advance(self: SchemaConstraint, t: torch.LongTensor):
     nxt[(first_digit | more_digit)] = torch.where(full, _SEPARATOR, _DIGITS)[first_digit | more_digit]
     nxt[(phase == _SEPARATOR) & (t == c.sep)] = _COLUMN
     nxt[(phase == _SEPARATOR) & (t == c.eos)] = _DONE
+    if active is not None:  # the other rows keep their state
+        nxt, pos, value, neg = (torch.where(active, new, old) for new, old in ((nxt, phase), (pos, s['pos']), (value, s['value']), (neg, s['neg'])))
     s.update(phase=nxt, col=col, pos=pos, value=value, neg=neg)
 
 # %% ../nbs/03_generate.ipynb #6b82e1e3

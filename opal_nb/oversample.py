@@ -29,7 +29,7 @@ from .filter import RowFilter, FilterReport
 # %% auto #0
 __all__ = ['GENERATED_SHARE', 'SELECT_SHARES', 'GENERATORS', 'GroupSampler', 'OPALOverSampler', 'coerce_like', 'ShortfallWarning',
            'fill_groups', 'make_generator', 'clone_generator', 'group_share', 'generated_count', 'copy_rows',
-           'first_rows', 'validation_mask', 'GroupOverSampler', 'OversampleResult', 'oversample']
+           'first_rows', 'validation_mask', 'one_standard_error', 'GroupOverSampler', 'OversampleResult', 'oversample']
 
 # %% ../nbs/05_oversample.ipynb #485f3237
 GENERATED_SHARE = 1.0 # the default share of each group's missing rows the generator writes (the rest: copies of the group's real rows); chosen on validation rows by bench/bench_share.py
@@ -90,6 +90,7 @@ class OPALOverSampler(GroupSampler):
         "select_with": [None, HasMethods(["fit", "predict"])],
         "select_shares": ["array-like"],
         "validation_size": [Interval(numbers.Real, 0, 1, closed="neither")],
+        "refit": ["boolean"],
     }
 
     def __init__(self,
@@ -108,12 +109,13 @@ class OPALOverSampler(GroupSampler):
                  select_with=None, # a classifier taking X: choose the share among `select_shares` by its worst-group error on validation rows
                  select_shares=SELECT_SHARES, # the candidates of `select_with` (shares, 'auto', 'none': add no rows); ties go to the earlier
                  validation_size: float = 0.3, # share of each group's rows held out for `select_with` (the generator never sees them)
+                 refit: bool = True, # after `select_with` chose: write the rows with a generator fitted on all the rows (False: keep the rows of the one fitted without the held-out rows)
                 ):
         self.generator, self.sampling_strategy, self.random_state = generator, sampling_strategy, random_state
         self.sensitive, self.row_filter, self.max_rounds, self.overshoot = sensitive, row_filter, max_rounds, overshoot
         self.on_shortfall, self.kinds, self.progress, self.derived = on_shortfall, kinds, progress, derived
         self.generated_share, self.select_with, self.select_shares = generated_share, select_with, select_shares
-        self.validation_size = validation_size
+        self.validation_size, self.refit = validation_size, refit
 
 # %% ../nbs/05_oversample.ipynb #b31c44a4
 def _as_frame(X) -> tuple[pd.DataFrame, str]:
@@ -480,12 +482,24 @@ def _check_shares(shares) -> list:
     if not out or bad: raise OPALInputError(f"select_shares must hold shares in [0, 1], 'auto' or 'none'; got {shares!r}")
     return out
 
+def one_standard_error(errors: np.ndarray, # each candidate's worst-group error, in order of preference
+                       rows: np.ndarray, # the rows of each candidate's worst group
+                       tie_break: np.ndarray | None = None, # a second score for the lowest error (e.g. the mean group error)
+                      ) -> int:
+    """The earliest candidate whose error is within one standard error, sqrt(e (1 - e) / n), of the lowest (Breiman et al.'s
+    one-standard-error rule): a later candidate is chosen only when the held-out rows show it better by more than noise."""
+    errors, rows = np.asarray(errors, float), np.asarray(rows, float)
+    order = np.lexsort((np.arange(len(errors)), np.zeros(len(errors)) if tie_break is None else np.round(np.asarray(tie_break, float), 12), np.round(errors, 12)))
+    e, n = errors[order[0]], rows[order[0]]
+    return int(np.flatnonzero(errors <= e + np.sqrt(e * (1 - e) / max(n, 1)) + 1e-12)[0])
+
 def _key_counts(counts: pd.Series) -> dict: return {(k if isinstance(k, tuple) else (k,)): int(v) for k, v in counts.items()}
 
 def _select_share(self: OPALOverSampler, inp, kept: list) -> tuple[dict, dict, pd.DataFrame]:
     """Hold out `validation_size` of each group's rows; fit the generator on the others; add each candidate of `select_shares`
     to them (each group keeps its ratio of added to real rows) and score `select_with` on the held-out rows by worst-group
-    error (ties: mean group error, then the earlier candidate). The chosen share is applied to all the rows."""
+    error. The one-standard-error rule chooses: the earliest candidate within one standard error of the lowest worst-group
+    error. The chosen share is applied to all the rows, written by a generator fitted on all of them (`refit`)."""
     from opal_nb.evaluate import group_errors  # fairlearn loads only when asked for
     cols, candidates = [inp.target, *inp.sensitive], _check_shares(self.select_shares)
     val = validation_mask(inp.df, cols, self.validation_size, self.random_state)
@@ -512,13 +526,16 @@ def _select_share(self: OPALOverSampler, inp, kept: list) -> tuple[dict, dict, p
         pred = np.asarray(est.fit(X_t, y_t).predict(X_val))
         if inp.one_hot: pred = classes[pred.argmax(1)]
         e = group_errors(truth, pred.astype(truth.dtype) if truth.dtype.kind in 'biuf' else pred, inp.df.loc[val, cols].reset_index(drop=True))
-        rows.append(dict(share=s, worst_group_error=e['worst'], mean_group_error=float(np.mean(list(e['groups'].values()))),
+        worst = max(e['groups'], key=lambda g: (e['groups'][g], -e['counts'][g]))  # the worst group (the larger one on ties)
+        rows.append(dict(share=s, worst_group_error=e['worst'], worst_group_rows=e['counts'][worst], mean_group_error=float(np.mean(list(e['groups'].values()))),
                          written=len(written), copied=sum(c.values())))
-    best = min(range(len(rows)), key=lambda i: (round(rows[i]['worst_group_error'], 12), round(rows[i]['mean_group_error'], 12), i))
-    self.selection_ = pd.DataFrame(rows).assign(chosen=[i == best for i in range(len(rows))]).set_index('share')
-    self.selected_share_ = candidates[best]
+    table = pd.DataFrame(rows)
+    chosen = one_standard_error(table.worst_group_error.to_numpy(), table.worst_group_rows.to_numpy(), table.mean_group_error.to_numpy())
+    self.selection_ = table.assign(chosen=np.arange(len(table)) == chosen).set_index('share')
+    self.selected_share_ = candidates[chosen]
     if self.selected_share_ == 'none': return {k: 0 for k in inp.need}, {k: 0 for k in inp.need}, inp.df.iloc[:0]
     written, copies = _shares(inp.need, inp.counts, self.selected_share_)
+    if self.refit and any(n > 0 for n in written.values()): return written, copies, _write(self, inp, np.ones(len(inp.df), bool), written)
     return written, copies, first_rows(synth, written, cols)
 
 

@@ -322,13 +322,16 @@ class RowConstraint(TokenConstraint, LogitsProcessor):
         else: self.states = [self._next(s, t) for s, t in zip(self.states, input_ids[:, -1].tolist())]
         return [self.grammar.allowed(s, self.trie)[0] for s in self.states]
 
-    def step(self, last: torch.LongTensor | None, m: int) -> torch.BoolTensor:
-        "The engine's protocol (`opal_nb.decode`): advance each sequence by its `last` token (None: start `m`); the mask of tokens allowed next."
-        if last is None: self.states = [self.grammar.start] * m
-        else: self.states = [self._next(s, t) for s, t in zip(self.states, last.tolist())]
-        mask = torch.zeros(m, len(self.trie.bytes), dtype=torch.bool)
-        for b, s in enumerate(self.states): mask[b, self.grammar.allowed(s, self.trie)[0]] = True
-        return mask
+    def step(self, last: torch.LongTensor | None, m: int, active: torch.BoolTensor | None = None) -> torch.BoolTensor:
+        "The engine's protocol (`opal_nb.decode`): advance each sequence (or the `active` ones) by its `last` token (None: start `m`); the mask of tokens allowed next."
+        if last is None: self.states, self._mask, rows = [self.grammar.start] * m, torch.zeros(m, len(self.trie.bytes), dtype=torch.bool), range(m)
+        else:
+            rows, toks = (range(m) if active is None else active.nonzero()[:, 0].tolist()), last.tolist()
+            for b in rows: self.states[b] = self._next(self.states[b], toks[b])
+        for b in rows:  # the rows that moved get their new mask; the others keep theirs
+            self._mask[b] = False
+            self._mask[b, self.grammar.allowed(self.states[b], self.trie)[0]] = True
+        return self._mask.clone()
 
     def _next(self, states: frozenset, token: int) -> frozenset:
         if _DONE in states: return states  # a finished sequence (generate pads it with any token)

@@ -160,3 +160,124 @@ def test_auto_share_writes_the_new_part_of_each_filled_group():
     flags = share_plan(plan, 'auto', {('a',): 5, ('b',): 50})
     assert sum(flags[:40]) == 36 and sum(flags[40:]) == 11
     with pytest.raises(OPALInputError, match="generated_share must be a number"): group_share('most', 1, 1)
+
+
+# ---- the decoding engine (opal_nb.decode): per-row ("ragged") jump-forward ------------------------------------------
+
+import torch
+from opal_nb.decode import decode_rows, PatternConstraint, _GPT2Steps, _LlamaSteps
+
+STEP_MODELS = {  # random-weight models of each step class: two GPT-2 settings and a grouped-query Llama
+    'gpt2': lambda: __import__('transformers').GPT2LMHeadModel(__import__('transformers').GPT2Config(
+        vocab_size=40, n_positions=64, n_embd=32, n_layer=2, n_head=4)),
+    'gpt2-relu-inverse': lambda: __import__('transformers').GPT2LMHeadModel(__import__('transformers').GPT2Config(
+        vocab_size=40, n_positions=64, n_embd=24, n_layer=3, n_head=2, activation_function='relu', scale_attn_by_inverse_layer_idx=True)),
+    'llama': lambda: __import__('transformers').LlamaForCausalLM(__import__('transformers').LlamaConfig(
+        vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=64)),
+}
+
+
+def _model(name, seed=0):
+    torch.manual_seed(seed)
+    return STEP_MODELS[name]().eval()
+
+
+@pytest.mark.parametrize('name', list(STEP_MODELS))
+@pytest.mark.parametrize('seed', [0, 1])
+def test_ragged_blocks_match_the_models_forward(name, seed):
+    "Rows fed a different number of tokens per call (none, one, several), each at its own positions: each row's logits after its last token are the model's own."
+    model, g = _model(name, seed), torch.Generator().manual_seed(seed)
+    m, P, L = 4, 3, 40
+    seqs = torch.randint(3, 40, (m, L), generator=g)
+    seqs[:, :P] = seqs[0, :P]  # the shared prompt
+    with torch.no_grad(): full = model(seqs).logits
+    steps = (_GPT2Steps if name.startswith('gpt2') else _LlamaSteps)(model, seqs[0, :P].tolist(), m, L)
+    fed, compared = torch.full((m,), P), 0
+    with torch.inference_mode():
+        torch.testing.assert_close(steps.first, full[:, P - 1], atol=1e-4, rtol=1e-4)
+        for call in range(8):
+            n = torch.randint(0, 5, (m,), generator=g)
+            n[call % m] = max(int(n[call % m]), 1)  # at least one token in the call
+            n = torch.minimum(n, L - fed)
+            j = torch.arange(int(n.max()))
+            tok = seqs.gather(1, (fed[:, None] + j).clamp(max=L - 1)).masked_fill(j >= n[:, None], 0)
+            got = steps(tok, n)
+            fed += n
+            for r in range(m):
+                if n[r]: torch.testing.assert_close(got[r], full[r, fed[r] - 1], atol=1e-4, rtol=1e-4); compared += 1
+    assert compared >= 8 and fed.unique().numel() > 1  # the rows ended at different positions
+
+
+class _Lockstep:
+    "A constraint without `active`: the engine keeps its rows in step (the old jump-forward)."
+    def __init__(self, con): self.con = con
+    def step(self, last, m): return self.con.step(last, m)
+
+
+def _schema_setup():
+    from opal_nb.core import infer_schema
+    from opal_nb.generate import RowCodec, SchemaConstraint
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({'age': rng.integers(18, 80, 40), 'sex': rng.choice(['Female', 'Male'], 40), 'city': ['Lyon'] * 40,
+                       'hours': rng.integers(20, 80, 40) / 2, 'income': rng.choice(['<=50K', '>50K'], 40)})
+    codec = RowCodec(infer_schema(df, target='income'))
+    torch.manual_seed(0)
+    from transformers import GPT2Config, GPT2LMHeadModel
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(codec.vocab), n_positions=codec.max_length, n_embd=32, n_layer=2, n_head=2)).eval()
+    prompt = codec.prefix({'sex': 'Female'})
+    return codec, model, prompt, lambda: SchemaConstraint(codec, len(prompt), ['sex'])
+
+
+def test_ragged_schema_rows_same_as_one_call_per_token_and_fewer_calls():
+    "TabularLM's constraint on a random GPT-2: the same rows with and without jump-forward, all valid, in fewer calls than in step."
+    codec, model, prompt, con = _schema_setup()
+    runs = {}
+    for mode, kw in {'ragged': dict(), 'off': dict(jump_forward=False), 'lockstep': dict(), 'forward': dict(fast=False)}.items():
+        st = {}
+        c = _Lockstep(con()) if mode == 'lockstep' else con()
+        out = decode_rows(model, prompt, c, 64, codec.max_length - len(prompt), temperature=0.9, top_p=0.95, pad=codec.pad, eos=codec.eos,
+                          generator=torch.Generator().manual_seed(7), stats=st, **kw)
+        runs[mode] = out, st
+    (a, sa) = runs['ragged']
+    for mode in ('off', 'lockstep', 'forward'): assert torch.equal(a, runs[mode][0]), mode
+    for r in a.tolist(): assert codec.decode(prompt + r)['sex'] == 'Female'
+    assert sa['ragged'] and not runs['lockstep'][1]['ragged'] and sa['forced_tokens'] == runs['off'][1]['forced_tokens'] > 0
+    assert sa['model_calls'] < runs['lockstep'][1]['model_calls'] and sa['model_calls'] < runs['off'][1]['model_calls']
+
+
+def test_forced_tokens_cost_no_model_calls_when_rows_fall_out_of_step():
+    "A pattern of forced runs whose length depends on each row's choice: per row, calls follow the draws, not the tokens."
+    class Runs(PatternConstraint):  # `rounds` choices of 3 or 4; a 3 is followed by the forced tokens 5 6 7 8: rows fall out of step
+        def __init__(self, rounds): self.rounds, self.V, self.eos, self.pad = rounds, 12, 2, 0
+        def step(self, last, m, active=None):
+            if last is None: self.left, self.run, self.ended = torch.full((m,), self.rounds), torch.zeros(m, dtype=torch.long), torch.zeros(m, dtype=torch.bool)
+            else:
+                a = torch.ones(m, dtype=torch.bool) if active is None else active
+                self.left = self.left - (a & ((last == 3) | (last == 4))).long()
+                self.run = torch.where(a & (last == 3), 1, torch.where(a & (last >= 5) & (last <= 8), (self.run + 1) % 5, self.run))
+                self.ended = self.ended | (a & ((last == self.eos) | (last == self.pad)))
+            mask = torch.zeros(m, self.V, dtype=torch.bool)
+            forced = ~self.ended & (self.run > 0)
+            mask[forced.nonzero()[:, 0], 4 + self.run[forced]] = True
+            choose = ~self.ended & ~forced & (self.left > 0)
+            mask[:, 3], mask[:, 4] = choose, choose
+            mask[~self.ended & ~forced & ~choose, self.eos] = True
+            mask[self.ended, self.pad] = True
+            return mask
+    for name in ('gpt2', 'llama'):
+        model, rounds, m = _model(name), 8, 6
+        out = {}
+        for mode, (con, jump) in {'ragged': (Runs(rounds), True), 'lockstep': (_Lockstep(Runs(rounds)), True), 'off': (Runs(rounds), False)}.items():
+            st = {}
+            rows = decode_rows(model, [1], con, m, 5 * rounds + 1, generator=torch.Generator().manual_seed(3), jump_forward=jump, stats=st)
+            out[mode] = rows, st
+        rows, st = out['ragged']
+        for mode in ('lockstep', 'off'): assert torch.equal(rows, out[mode][0]), (name, mode)
+        check = Runs(rounds); mask = check.step(None, m)
+        for t in range(rows.shape[1]):  # every token was allowed
+            assert mask[torch.arange(m), rows[:, t]].all(); mask = check.step(rows[:, t], m)
+        assert (rows == 3).sum(1).unique().numel() > 1  # the rows made different choices, so they are out of step
+        assert st['draws'] == m * rounds and st['forced_tokens'] == int((rows == 3).sum()) * 4 + m
+        assert st['model_calls'] == rounds - 1 < st['steps'] / 3, st  # one call per draw after the first
+        assert out['lockstep'][1]['model_calls'] > 2 * st['model_calls'], out['lockstep'][1]

@@ -714,8 +714,11 @@ def test_select_with_on_a_real_table_fills_the_groups_as_the_default(mroz):
     assert_real_rows_first(X_res, y_res, X, y)
     table = chosen.selection_
     assert list(table.index) == [1.0, 0.5, 0.0, 'none'] and table.chosen.sum() == 1
-    assert table.loc[chosen.selected_share_, 'worst_group_error'] == table.worst_group_error.min()
-    assert set(table.loc[table.worst_group_error == table.worst_group_error.min()].index) >= {chosen.selected_share_}
+    best = table.worst_group_error.min()
+    worst_rows = table.loc[table.worst_group_error == best, 'worst_group_rows'].min()
+    assert table.loc[chosen.selected_share_, 'worst_group_error'] <= best + np.sqrt(best * (1 - best) / worst_rows) + 1e-12  # the 1-SE rule
+    earlier = list(table.index)[:list(table.index).index(chosen.selected_share_)]
+    assert (table.loc[earlier, 'worst_group_error'] > best + np.sqrt(best * (1 - best) / worst_rows)).all() if earlier else True
     dup = GroupOverSampler('duplicate', sensitive='wc', random_state=0)
     Xd, yd = dup.fit_resample(X, y)
     if chosen.selected_share_ == 'none': assert len(X_res) == len(X)
@@ -749,8 +752,19 @@ def test_select_with_a_single_candidate_is_that_share(XY, share):
     expected = 0 if share == 'none' else sum(generated_count(int(n), share) for n in added.values())
     assert int(s.generated_mask_.sum()) == expected
     assert len(X_res) - len(X) == (0 if share == 'none' else sum(added.values()))
-    held = len(X) - len(s.generator_.df_) if s.generator_ is not None else None
-    if held is not None: assert held == sum(int(np.floor(n * 0.3 + 0.5)) for n in X.assign(y=y.to_numpy()).groupby(['y', 'sex']).size())
+    writes = share not in (0.0, 'none')
+    if writes: assert len(s.generator_.df_) == len(X)  # refit on all the rows
+    else: assert s.generator_ is None  # nothing to write: no model is fitted
+
+
+def test_select_with_without_refit_keeps_the_rows_of_the_generator_that_never_saw_the_held_out_rows(XY):
+    X, y = XY
+    s = OPALOverSampler(GroupCopies(), sensitive='sex', random_state=0, progress=False, row_filter=False, refit=False,
+                        select_with=LogisticRegression(max_iter=1000), select_shares=[1.0])
+    s.fit_resample(X, y)
+    held_out = sum(int(np.floor(n * 0.3 + 0.5)) for n in X.assign(y=y.to_numpy()).groupby(['y', 'sex']).size())
+    assert len(s.generator_.df_) == len(X) - held_out
+    assert len(s.synthetic_) == sum(GroupOverSampler('duplicate', sensitive='sex').fit(X, y).sampling_strategy_.values())
 
 
 def test_select_with_same_seed_same_choice_and_rows(XY):

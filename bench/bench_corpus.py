@@ -8,8 +8,9 @@ a working session: a sensitive column, no missing values (SMOTE cannot interpola
 none, reweight (sample weights inverse to the group's size), duplicate and smote (inside each group), opal_tabular
 (TabularLM with its defaults writing every row, through RowFilter: `OPALOverSampler`'s defaults, as `GENERATED_SHARE` is 1;
 `--methods ... opal` adds `opal_defaults`, the first `GENERATED_SHARE` of each group's rows and copies for the rest;
-`--methods ... opal_select` adds `OPALOverSampler(select_with=<the classifier scored>)`, which chooses among written rows,
-half, copies and none on validation rows cut from the training rows, its generator fitted on the others). Classifiers: logistic regression (unpenalized) and a 200-tree random forest.
+opal_select: `OPALOverSampler(select_with=<the classifier scored>)`, which chooses among written rows, half, copies and
+none by the classifier's worst-group error on validation rows cut from the training rows (its first generator fitted on
+the others; the one-standard-error rule; the rows then written by a generator fitted on all the training rows)). Classifiers: logistic regression (unpenalized) and a 200-tree random forest.
 
 Printed: per table and classifier the mean over seeds of worst-group and balanced error, and the share of tables where
 OPAL is at or below SMOTE, at or below reweighting, and at or below the best of reweight/duplicate/smote. The tidy
@@ -37,7 +38,7 @@ from opal_nb.experiments import PaperMethod, paper_methods, run_method, split_fr
 from opal_nb.generate import TabularLM  # noqa: E402
 from opal_nb.oversample import GENERATED_SHARE, OPALOverSampler  # noqa: E402
 
-METHODS = ('none', 'reweight', 'duplicate', 'smote', 'opal_tabular')  # opal_tabular: OPALOverSampler's defaults (GENERATED_SHARE = 1)
+METHODS = ('none', 'reweight', 'duplicate', 'smote', 'opal_tabular', 'opal_select')  # opal_tabular: OPALOverSampler's defaults (GENERATED_SHARE = 1); opal_select: with select_with
 BASELINES = ('reweight', 'duplicate', 'smote')
 METRICS = ('worst', 'balanced_accuracy', 'error')
 KEEP = (*METRICS, 'minority', 'majority', 'diff')  # what --out keeps (not each group's error)
@@ -141,7 +142,7 @@ def report(tidy: pd.DataFrame) -> str:
     full = full[full == d.method.nunique()].reset_index()[['table', 'classifier', 'seed']]
     d = d.merge(full, on=['table', 'classifier', 'seed'])
     t = d.pivot_table(index=['table', 'classifier', 'metric'], columns='method', values='value', aggfunc='mean')
-    order = [m for m in (*METHODS, 'opal', 'opal_select') if m in t.columns]
+    order = [m for m in (*METHODS, 'opal') if m in t.columns]
     out = [f"{d.table.nunique()} tables, seeds per table: {sorted(d.groupby('table').seed.nunique().unique().tolist())}; "
            "mean over seeds of the test errors\n", t[order].round(3).to_string()]
     for o in ('opal_tabular', 'opal', 'opal_select'):
@@ -171,7 +172,7 @@ def main(argv=None):
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     p.add_argument('--max-cols', type=int, default=12)
     p.add_argument('--max-rows', type=int, default=3000)
-    p.add_argument('--every', type=int, default=2, help='every n-th table of those the rule selects')
+    p.add_argument('--every', type=int, default=4, help='every n-th table of those the rule selects')
     p.add_argument('--limit', type=int, default=None, help='only the first n of those tables')
     p.add_argument('--methods', nargs='+', default=list(METHODS))
     p.add_argument('--cache-dir', default=str(ROOT / '.opal_cache' / 'corpus'))

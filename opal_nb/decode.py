@@ -75,22 +75,41 @@ def _draw(scores: torch.Tensor, generator: torch.Generator | None = None, u: tor
     return (cdf < u).sum(-1).clamp_(max=cdf.shape[1] - 1)
 
 # %% ../nbs/02b_decode.ipynb #86a42672
-def _ragged_positions(pos: torch.LongTensor, lengths: torch.LongTensor, k: int):
-    "Each row's positions for a ragged block of width `k` (rows from `pos` on), which of them are real, and the longest row's end."
-    posn = pos[:, None] + torch.arange(k)
-    return posn, posn < (pos + lengths)[:, None], int((pos + lengths).max())
+def _ragged_tokens(pos: torch.LongTensor, lengths: torch.LongTensor, k: int, slot_major: bool = False):
+    "The real tokens of a ragged block of width `k` (CPU): their rows, slots and positions (row `r` from `pos[r]` on), the longest row's end."
+    real = torch.arange(k) < lengths[:, None]
+    if slot_major: jj, rr = real.T.nonzero(as_tuple=True)  # every row's first token, then every second token, ...
+    else: rr, jj = real.nonzero(as_tuple=True)
+    return rr, jj, pos[rr] + jj, int((pos + lengths).max())
 
-class _GPT2Steps:
+def _last_tokens(rr, jj, lengths, k):
+    "Where each row's last real token is among the packed tokens (0 for a row with none)."
+    at = torch.zeros(len(lengths), k, dtype=torch.long)
+    at[rr, jj] = torch.arange(len(rr))
+    return at[torch.arange(len(lengths)), (lengths - 1).clamp(min=0)]
+
+class _Steps:
+    "What the fast step classes share: a call takes (m,) or (m, k) tokens, every row all k (in step) or row r its first lengths[r] (ragged)."
+    def __call__(self, tokens: torch.LongTensor, # (m,) or (m, k) token ids
+                 lengths: torch.LongTensor | None = None, # (m,) CPU: row r brings its first lengths[r] tokens (None: all k)
+                ) -> torch.Tensor:
+        "Logits after feeding `tokens`: the next-token scores of each sequence after its last (real) token."
+        tokens = tokens if tokens.dim() == 2 else tokens[:, None]
+        if lengths is not None: return self._ragged(tokens, lengths)
+        if self.t is None: raise RuntimeError(f"{type(self).__name__}: the rows are at different positions after a ragged call; pass lengths")
+        return self._in_step(tokens)
+
+class _GPT2Steps(_Steps):
     "Next-token logits of a `GPT2LMHeadModel` for `m` sequences sharing a prompt, with a preallocated position-major KV cache."
-    ragged = True  # takes blocks with a different number of tokens per row
+    ragged = True  # takes blocks with a different number of tokens per row ...
+    ragged_default = False  # ... but a tiny model's call costs what its tokens cost: fewer, wider calls do not pay for the bookkeeping
     def __init__(self, model: GPT2LMHeadModel, prompt: list[int], m: int, max_length: int):
         cfg, self.tr, self.head = model.config, model.transformer, model.lm_head.weight
         self.m, self.E, self.H, dev = m, cfg.n_embd, cfg.n_head, self.head.device
         self.D, self.L = self.E // self.H, max_length
-        # (position, sequence, head, dim); position L is spare: the padding of a ragged block is written there. Zeros, so
-        # the positions a row has not reached yet (read in a ragged call, with weight 0) hold finite numbers.
-        self.K = [torch.zeros(max_length + 1, m, self.H, self.D, device=dev) for _ in self.tr.h]
-        self.V = [torch.zeros(max_length + 1, m, self.H, self.D, device=dev) for _ in self.tr.h]
+        # (position, sequence, head, dim); zeros, so the positions a row has not reached yet (read with weight 0 in a ragged call) are finite
+        self.K = [torch.zeros(max_length, m, self.H, self.D, device=dev) for _ in self.tr.h]
+        self.V = [torch.zeros(max_length, m, self.H, self.D, device=dev) for _ in self.tr.h]
         self.scale = [(self.D ** -0.5 if cfg.scale_attn_weights else 1.0) / ((i + 1) if cfg.scale_attn_by_inverse_layer_idx else 1)
                       for i in range(cfg.n_layer)]
         self.gelu = cfg.activation_function == 'gelu_new'  # the same function as torch's tanh-approximated gelu, fused
@@ -101,13 +120,7 @@ class _GPT2Steps:
         self.pos = torch.full((m,), P)  # each row's next position (CPU)
         self.first = logits.expand(m, -1)
 
-    def __call__(self, tokens: torch.LongTensor, # (m,) or (m, k) token ids
-                 lengths: torch.LongTensor | None = None, # (m,) CPU: row r brings its first lengths[r] tokens (None: all k)
-                ) -> torch.Tensor:
-        "Logits after feeding `tokens`: the next-token scores of each sequence after its last (real) token."
-        tokens = tokens if tokens.dim() == 2 else tokens[:, None]
-        if lengths is not None: return self._ragged(tokens, lengths)
-        if self.t is None: raise RuntimeError("_GPT2Steps: the rows are at different positions after a ragged call; pass lengths")
+    def _in_step(self, tokens):
         self.pos[:tokens.shape[0]] += tokens.shape[1]
         return self._forward(tokens)
 
@@ -137,28 +150,37 @@ class _GPT2Steps:
         return self.tr.ln_f(x[-b:]) @ self.head.T
 
     def _ragged(self, tokens, lengths):
+        "Only the real tokens, packed slot by slot: slot j's queries attend to their rows' keys up to their own positions."
         (b, k), E, H, D, dev = tokens.shape, self.E, self.H, self.D, tokens.device
         if b != self.m: raise ValueError(f"a ragged block has one row per sequence ({self.m}); got {b}")
-        posn, real, T = _ragged_positions(self.pos, lengths, k)
-        wpe = self.tr.wpe.weight
-        x = (self.tr.wte.weight[tokens] + wpe[posn.clamp(max=len(wpe) - 1).to(dev)]).transpose(0, 1).reshape(k * b, E)
-        at = torch.where(real, posn, self.L).T.to(dev)  # (k, b): where each slot's keys go (padding: the spare position)
-        rows = torch.arange(b, device=dev)
-        qpos = posn.T.to(dev)
-        hide = torch.arange(T, device=dev)[None, :, None] > qpos[:, None, :]  # (k, T, b): keys after each query's position
+        rr, jj, p, T = _ragged_tokens(self.pos, lengths, k, slot_major=True)
+        rd, pd = rr.to(dev), p.to(dev)
+        x = self.tr.wte.weight[tokens[rd, jj.to(dev)]] + self.tr.wpe.weight[pd]  # (tokens, E)
+        keys, slots, at = torch.arange(T, device=dev)[:, None], [], 0
+        for c in torch.bincount(jj, minlength=k).tolist():  # the tokens of each slot, rows in order
+            R, every = rr[at:at + c], 2 * c >= b  # every: most rows; attend over all of them (zeros for the others) rather than gather keys
+            if every:
+                qp = torch.zeros(b, dtype=torch.long); qp[R] = p[at:at + c]
+                slots.append((at, at + c, None if c == b else R.to(dev), (keys > qp.to(dev)[None])[..., None], True))
+            else: slots.append((at, at + c, R.to(dev), (keys > pd[None, at:at + c])[..., None], False))
+            at += c
         for K, V, scale, blk in zip(self.K, self.V, self.scale, self.tr.h):
-            q, kk, v = torch.addmm(blk.attn.c_attn.bias, blk.ln_1(x), blk.attn.c_attn.weight).view(k, b, 3, H, D).unbind(2)
-            K[at, rows], V[at, rows] = kk, v
-            if k == 1:
-                w = (K[:T] * (q * scale)).sum(-1).masked_fill(hide[0, :, :, None], float('-inf')).softmax(0)  # (position, sequence, head)
-                o = (w[..., None] * V[:T]).sum(0).reshape(b, E)
-            else:
-                s = torch.einsum('qbhd,pbhd->qpbh', q * scale, K[:T]).masked_fill(hide[..., None], float('-inf'))
-                o = torch.einsum('qpbh,pbhd->qbhd', s.softmax(1), V[:T]).reshape(k * b, E)
-            x = self._block(x, blk, o)
+            q, kk, v = torch.addmm(blk.attn.c_attn.bias, blk.ln_1(x), blk.attn.c_attn.weight).view(-1, 3, H, D).unbind(1)
+            K[pd, rd], V[pd, rd] = kk, v
+            q, out = q * scale, []
+            for s, e, R, hide, every in slots:
+                if every:
+                    qs = q[s:e] if R is None else q.new_zeros(b, H, D).index_copy_(0, R, q[s:e])
+                    w = (K[:T] * qs).sum(-1).masked_fill(hide, float('-inf')).softmax(0)  # (position, sequence, head)
+                    o = (w[..., None] * V[:T]).sum(0)
+                    out.append(o if R is None else o.index_select(0, R))
+                else:
+                    Ks, Vs = K[:T].index_select(1, R), V[:T].index_select(1, R)
+                    w = (Ks * q[s:e]).sum(-1).masked_fill(hide, float('-inf')).softmax(0)
+                    out.append((w[..., None] * Vs).sum(0))
+            x = self._block(x, blk, (out[0] if len(out) == 1 else torch.cat(out)).reshape(-1, E))
         self.pos, self.t = self.pos + lengths, None
-        last = (lengths - 1).clamp(min=0).to(dev)
-        return self.tr.ln_f(x.view(k, b, E)[last, rows]) @ self.head.T
+        return self.tr.ln_f(x[_last_tokens(rr, jj, lengths, k).to(dev)]) @ self.head.T
 
 def _batch_cache(cache, model, batch_size: int, max_len: int):
     "The prompt's KV `cache` copied for `batch_size` sequences, in a preallocated `StaticCache` when the model allows it."
@@ -182,7 +204,7 @@ class _CachedSteps:
     Synchronous only (`ragged = False`): a `transformers` cache writes one range of positions for the whole batch, so
     its rows cannot be at different positions; with it `decode_rows` keeps the rows in step and jump-forwards only the
     steps where every row is forced."""
-    ragged = False
+    ragged = ragged_default = False
     def __init__(self, model, prompt: list[int], m: int, max_length: int):
         inner = model.get_base_model() if hasattr(model, 'get_base_model') else model  # a peft model forwards **kwargs
         params = inspect.signature(inner.forward).parameters
@@ -208,9 +230,10 @@ def _llama_path(model) -> bool:
     return (getattr(cfg, 'model_type', None) in ('llama', 'qwen2') and not getattr(cfg, 'sliding_window', None) and dec is not None
             and hasattr(dec, 'rotary_emb') and hasattr(inner, 'lm_head') and all(hasattr(l, 'self_attn') and hasattr(l, 'mlp') for l in dec.layers))
 
-class _LlamaSteps:
+class _LlamaSteps(_Steps):
     "Next-token logits of a Llama-family model for `m` sequences after one shared prompt, whose keys and values are kept once."
-    ragged = True  # takes blocks with a different number of tokens per row
+    ragged = True  # takes blocks with a different number of tokens per row,
+    ragged_default = True  # and a call reads every weight of a large model however few its tokens: fewer calls pay
     def __init__(self, model, prompt: list[int], m: int, max_length: int):
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
         inner = model.get_base_model() if hasattr(model, 'get_base_model') else model
@@ -223,19 +246,13 @@ class _LlamaSteps:
         self.Kp = [l.keys[0] for l in cache.layers]  # (kv heads, prompt, dim): one copy for every row
         self.Vp = [l.values[0] for l in cache.layers]
         self.P, self.S, dt = len(prompt), max_length - len(prompt), self.Kp[0].dtype
-        # per row: the tokens since the prompt; slot S is spare (the padding of ragged blocks); zeros, so unreached slots are finite
-        self.Ks = [torch.zeros(m, self.Z, self.S + 1, self.D, device=dev, dtype=dt) for _ in self.dec.layers]
-        self.Vs = [torch.zeros(m, self.Z, self.S + 1, self.D, device=dev, dtype=dt) for _ in self.dec.layers]
+        # per row: the tokens since the prompt; zeros, so the slots a row has not reached (read with weight 0 in a ragged call) are finite
+        self.Ks = [torch.zeros(m, self.Z, self.S, self.D, device=dev, dtype=dt) for _ in self.dec.layers]
+        self.Vs = [torch.zeros(m, self.Z, self.S, self.D, device=dev, dtype=dt) for _ in self.dec.layers]
         self.t, self.m, self.pos = 0, m, torch.zeros(m, dtype=torch.long)  # pos: each row's next slot (CPU)
         self.first = out.logits[:, -1].float().expand(m, -1)
 
-    def __call__(self, tokens: torch.LongTensor, # (m,) or (m, k) token ids
-                 lengths: torch.LongTensor | None = None, # (m,) CPU: row r brings its first lengths[r] tokens (None: all k)
-                ) -> torch.Tensor:
-        "Logits after feeding `tokens`: the next-token scores of each sequence after its last (real) token."
-        tokens = tokens if tokens.dim() == 2 else tokens[:, None]
-        if lengths is not None: return self._ragged(tokens, lengths)
-        if self.t is None: raise RuntimeError("_LlamaSteps: the rows are at different positions after a ragged call; pass lengths")
+    def _in_step(self, tokens):
         (b, k), t, H, Z, D = tokens.shape, self.t, self.H, self.Z, self.D
         dev = tokens.device
         x = self.dec.embed_tokens(tokens)
@@ -258,28 +275,29 @@ class _LlamaSteps:
         return self.hf.lm_head(self.dec.norm(x[:, -1])).float()
 
     def _ragged(self, tokens, lengths):
+        "Only the real tokens, packed: each attends to the shared prompt and to its own row's cache up to its own position."
         (b, k), H, Z, D, dev = tokens.shape, self.H, self.Z, self.D, tokens.device
         if b != self.m: raise ValueError(f"a ragged block has one row per sequence ({self.m}); got {b}")
-        posn, real, T = _ragged_positions(self.pos, lengths, k)
-        x = self.dec.embed_tokens(tokens)
-        cos, sin = self.dec.rotary_emb(x, (self.P + posn).to(dev))  # each row's own positions
-        at = torch.where(real, posn, self.S).to(dev)  # (b, k): each slot's place in the row's cache (padding: the spare slot)
-        rows = torch.arange(b, device=dev)[:, None]
-        hide = (torch.arange(T, device=dev) > posn.to(dev)[:, :, None])[:, None, None]  # (b, 1, 1, k, T): keys after each query
+        rr, jj, p, T = _ragged_tokens(self.pos, lengths, k)
+        rd, pd, N = rr.to(dev), p.to(dev), len(rr)
+        x = self.dec.embed_tokens(tokens[rd, jj.to(dev)])[None]  # (1, tokens, hidden)
+        cos, sin = self.dec.rotary_emb(x, (self.P + pd)[None])  # each token at its row's position
+        hide = (torch.arange(T, device=dev)[None] > pd[:, None])[:, None, None]  # (tokens, 1, 1, T): keys after each token
         for Kp, Vp, Ks, Vs, layer in zip(self.Kp, self.Vp, self.Ks, self.Vs, self.dec.layers):
             a, h = layer.self_attn, layer.input_layernorm(x)
-            q = a.q_proj(h).view(b, k, H, D).transpose(1, 2)
-            kk = a.k_proj(h).view(b, k, Z, D).transpose(1, 2)
+            q = a.q_proj(h).view(1, N, H, D).transpose(1, 2)
+            kk = a.k_proj(h).view(1, N, Z, D).transpose(1, 2)
             q, kk = self.rope(q, kk, cos, sin)
-            Ks[rows, :, at], Vs[rows, :, at] = kk.transpose(1, 2), a.v_proj(h).view(b, k, Z, D)
-            q = q.reshape(b, Z, H // Z, k, D) * a.scaling
-            s = torch.cat([torch.einsum('bzgkd,zpd->bzgkp', q, Kp),
-                           torch.einsum('bzgkd,bzsd->bzgks', q, Ks[:, :, :T]).masked_fill(hide, float('-inf'))], -1).softmax(-1)
-            o = torch.einsum('bzgkp,zpd->bzgkd', s[..., :self.P], Vp) + torch.einsum('bzgks,bzsd->bzgkd', s[..., self.P:], Vs[:, :, :T])
-            x = x + a.o_proj(o.reshape(b, H, k, D).transpose(1, 2).reshape(b, k, H * D))
+            Ks[rd, :, pd], Vs[rd, :, pd] = kk[0].transpose(0, 1), a.v_proj(h).view(N, Z, D)
+            q = q[0].transpose(0, 1).reshape(N, Z, H // Z, D) * a.scaling
+            Kr, Vr = Ks[rd, :, :T], Vs[rd, :, :T]  # (tokens, kv heads, T, dim): each token's own row
+            s = torch.cat([torch.einsum('nzgd,zpd->nzgp', q, Kp),
+                           torch.einsum('nzgd,nzsd->nzgs', q, Kr).masked_fill(hide, float('-inf'))], -1).softmax(-1)
+            o = torch.einsum('nzgp,zpd->nzgd', s[..., :self.P], Vp) + torch.einsum('nzgs,nzsd->nzgd', s[..., self.P:], Vr)
+            x = x + a.o_proj(o.reshape(1, N, H * D))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         self.pos, self.t = self.pos + lengths, None
-        return self.hf.lm_head(self.dec.norm(x[rows[:, 0], (lengths - 1).clamp(min=0).to(dev)])).float()
+        return self.hf.lm_head(self.dec.norm(x[0, _last_tokens(rr, jj, lengths, k).to(dev)])).float()
 
 def _steps_for(model, fast: bool | None):
     "The step class for `model`: the GPT-2 fast path, shared-prefix attention for the Llama family, else the model's `forward`."
@@ -374,17 +392,20 @@ def decode_rows(model, # a causal LM (a `GPT2LMHeadModel` takes the fast path)
                 eos: int = 2, # the end-of-row token
                 generator: torch.Generator | None = None, # the draws' random numbers, on the model's device (None: torch's global generator there)
                 fast: bool | None = None, # False: the model's own `forward`; None/True: a fast path where the model has one (GPT-2, the Llama family)
-                jump_forward: bool = True, # forced tokens without a model call each, per row where the model and constraint allow (False: one call per token; the same rows)
+                jump_forward: bool | str = True, # forced tokens without a call each: 'rows' per row, 'lockstep' rows in step, True the model's best of the two; False: one call per token (the same rows in every mode)
                 stats: dict | None = None, # filled with counts: steps, model_calls, tokens_fed, forced_tokens, draws, ragged (forced_steps)
                ) -> torch.LongTensor:
     "(m, <= max_new_tokens) ids sampled after `prompt` under `constraint`, `pad` after `eos` (on the CPU)."
+    if jump_forward not in (True, False, 'rows', 'lockstep'): raise OPALInputError(f"jump_forward must be True, False, 'rows' or 'lockstep'; got {jump_forward!r}")
     warp, dev, T = warpers(temperature, top_p), model_device(model), max(max_new_tokens, 0)
     with torch.inference_mode():
         steps = _steps_for(model, fast)(model, prompt, m, len(prompt) + T)
         u = torch.rand(m, T, generator=generator, device=dev)  # row r's token at position p is drawn with u[r, p], in every loop
-        if jump_forward and getattr(steps, 'ragged', False) and _takes_active(constraint):
+        mode = jump_forward if isinstance(jump_forward, str) else bool(jump_forward)
+        per_row = mode == 'rows' or (mode is True and getattr(steps, 'ragged_default', False))
+        if per_row and getattr(steps, 'ragged', False) and _takes_active(constraint):
             out, st = _ragged_rows(steps, constraint, m, T, warp, u, pad, eos, dev)
-        else: out, st = _lockstep_rows(steps, constraint, m, T, warp, u, pad, eos, dev, jump_forward)
+        else: out, st = _lockstep_rows(steps, constraint, m, T, warp, u, pad, eos, dev, bool(jump_forward))
         if stats is not None: stats.update(st)
         return out
 

@@ -165,16 +165,15 @@ def test_auto_share_writes_the_new_part_of_each_filled_group():
 # ---- the decoding engine (opal_nb.decode): per-row ("ragged") jump-forward ------------------------------------------
 
 import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 from opal_nb.decode import decode_rows, PatternConstraint, _GPT2Steps, _LlamaSteps
 
 STEP_MODELS = {  # random-weight models of each step class: two GPT-2 settings and a grouped-query Llama
-    'gpt2': lambda: __import__('transformers').GPT2LMHeadModel(__import__('transformers').GPT2Config(
-        vocab_size=40, n_positions=64, n_embd=32, n_layer=2, n_head=4)),
-    'gpt2-relu-inverse': lambda: __import__('transformers').GPT2LMHeadModel(__import__('transformers').GPT2Config(
-        vocab_size=40, n_positions=64, n_embd=24, n_layer=3, n_head=2, activation_function='relu', scale_attn_by_inverse_layer_idx=True)),
-    'llama': lambda: __import__('transformers').LlamaForCausalLM(__import__('transformers').LlamaConfig(
-        vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=64)),
+    'gpt2': lambda: GPT2LMHeadModel(GPT2Config(vocab_size=40, n_positions=64, n_embd=32, n_layer=2, n_head=4)),
+    'gpt2-relu-inverse': lambda: GPT2LMHeadModel(GPT2Config(vocab_size=40, n_positions=64, n_embd=24, n_layer=3, n_head=2,
+                                                            activation_function='relu', scale_attn_by_inverse_layer_idx=True)),
+    'llama': lambda: LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)),
 }
 
 
@@ -223,7 +222,6 @@ def _schema_setup():
                        'hours': rng.integers(20, 80, 40) / 2, 'income': rng.choice(['<=50K', '>50K'], 40)})
     codec = RowCodec(infer_schema(df, target='income'))
     torch.manual_seed(0)
-    from transformers import GPT2Config, GPT2LMHeadModel
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(codec.vocab), n_positions=codec.max_length, n_embd=32, n_layer=2, n_head=2)).eval()
     prompt = codec.prefix({'sex': 'Female'})
     return codec, model, prompt, lambda: SchemaConstraint(codec, len(prompt), ['sex'])
@@ -233,16 +231,19 @@ def test_ragged_schema_rows_same_as_one_call_per_token_and_fewer_calls():
     "TabularLM's constraint on a random GPT-2: the same rows with and without jump-forward, all valid, in fewer calls than in step."
     codec, model, prompt, con = _schema_setup()
     runs = {}
-    for mode, kw in {'ragged': dict(), 'off': dict(jump_forward=False), 'lockstep': dict(), 'forward': dict(fast=False)}.items():
+    modes = {'ragged': dict(jump_forward='rows'), 'off': dict(jump_forward=False), 'lockstep': dict(jump_forward='lockstep'),
+             'old constraint': dict(jump_forward='rows'), 'default': dict(), 'forward': dict(fast=False)}
+    for mode, kw in modes.items():
         st = {}
-        c = _Lockstep(con()) if mode == 'lockstep' else con()
+        c = _Lockstep(con()) if mode == 'old constraint' else con()
         out = decode_rows(model, prompt, c, 64, codec.max_length - len(prompt), temperature=0.9, top_p=0.95, pad=codec.pad, eos=codec.eos,
                           generator=torch.Generator().manual_seed(7), stats=st, **kw)
         runs[mode] = out, st
     (a, sa) = runs['ragged']
-    for mode in ('off', 'lockstep', 'forward'): assert torch.equal(a, runs[mode][0]), mode
+    for mode in modes: assert torch.equal(a, runs[mode][0]), mode
     for r in a.tolist(): assert codec.decode(prompt + r)['sex'] == 'Female'
-    assert sa['ragged'] and not runs['lockstep'][1]['ragged'] and sa['forced_tokens'] == runs['off'][1]['forced_tokens'] > 0
+    assert [runs[k][1]['ragged'] for k in modes] == [True, False, False, False, False, False]  # GPT-2's default: in step
+    assert sa['forced_tokens'] == runs['off'][1]['forced_tokens'] > 0
     assert sa['model_calls'] < runs['lockstep'][1]['model_calls'] and sa['model_calls'] < runs['off'][1]['model_calls']
 
 
@@ -268,12 +269,15 @@ def test_forced_tokens_cost_no_model_calls_when_rows_fall_out_of_step():
     for name in ('gpt2', 'llama'):
         model, rounds, m = _model(name), 8, 6
         out = {}
-        for mode, (con, jump) in {'ragged': (Runs(rounds), True), 'lockstep': (_Lockstep(Runs(rounds)), True), 'off': (Runs(rounds), False)}.items():
+        modes = {'ragged': (Runs(rounds), 'rows'), 'lockstep': (Runs(rounds), 'lockstep'), 'old constraint': (_Lockstep(Runs(rounds)), 'rows'),
+                 'off': (Runs(rounds), False), 'default': (Runs(rounds), True)}
+        for mode, (con, jump) in modes.items():
             st = {}
             rows = decode_rows(model, [1], con, m, 5 * rounds + 1, generator=torch.Generator().manual_seed(3), jump_forward=jump, stats=st)
             out[mode] = rows, st
         rows, st = out['ragged']
-        for mode in ('lockstep', 'off'): assert torch.equal(rows, out[mode][0]), (name, mode)
+        for mode in modes: assert torch.equal(rows, out[mode][0]), (name, mode)
+        assert out['default'][1]['ragged'] == (name == 'llama') and not out['old constraint'][1]['ragged']
         check = Runs(rounds); mask = check.step(None, m)
         for t in range(rows.shape[1]):  # every token was allowed
             assert mask[torch.arange(m), rows[:, t]].all(); mask = check.step(rows[:, t], m)

@@ -208,6 +208,16 @@ def test_ragged_blocks_match_the_models_forward(name, seed):
     assert compared >= 8 and fed.unique().numel() > 1  # the rows ended at different positions
 
 
+@pytest.mark.parametrize('name', ['gpt2', 'llama'])
+def test_an_in_step_call_after_a_ragged_one_is_refused(name):
+    "After a ragged call the rows sit at different positions: a call without lengths would write them at one, so it is an error."
+    model = _model(name, 0)
+    steps = (_GPT2Steps if name.startswith('gpt2') else _LlamaSteps)(model, [3, 4, 5], 2, 20)
+    with torch.inference_mode():
+        steps(torch.tensor([[6, 7], [8, 0]]), torch.tensor([2, 1]))
+        with pytest.raises(RuntimeError, match='pass lengths'): steps(torch.tensor([9, 9]))
+
+
 class _Lockstep:
     "A constraint without `active`: the engine keeps its rows in step (the old jump-forward)."
     def __init__(self, con): self.con = con

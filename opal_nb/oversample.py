@@ -526,7 +526,7 @@ def _select_share(self: OPALOverSampler, inp, kept: list) -> tuple[dict, dict, p
         pred = np.asarray(est.fit(X_t, y_t).predict(X_val))
         if inp.one_hot: pred = classes[pred.argmax(1)]
         e = group_errors(truth, pred.astype(truth.dtype) if truth.dtype.kind in 'biuf' else pred, inp.df.loc[val, cols].reset_index(drop=True))
-        worst = max(e['groups'], key=lambda g: (e['groups'][g], -e['counts'][g]))  # the worst group (the larger one on ties)
+        worst = max(e['groups'], key=lambda g: (e['groups'][g], -e['counts'][g]))  # the worst group (on ties the smaller one: the wider standard error)
         rows.append(dict(share=s, worst_group_error=e['worst'], worst_group_rows=e['counts'][worst], mean_group_error=float(np.mean(list(e['groups'].values()))),
                          written=len(written), copied=sum(c.values())))
     table = pd.DataFrame(rows)

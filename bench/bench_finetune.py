@@ -6,9 +6,11 @@ this process, alternately, on the same rows, seed and number of steps:
 - plain:   `cache_frozen=False, vocab='full'`: every step runs all 30 blocks and the 49,152-token output layer
            (what SmolTabular did before);
 - default: the 22 frozen blocks run once per training row (`cache_frozen=True`) and the softmax covers the
-           rows' tokens, every single byte and the end token (`vocab='rows'`).
+           rows' tokens, every single byte and the end token (`vocab='rows'`);
+- bfloat16: the default under `torch.autocast` in bfloat16 (`precision='bfloat16'`; the weights and the optimizer
+           stay float32), for the issue-15 goal of a fine-tune in at most 60 s.
 
-Printed per table: seconds per step and the seconds of the frozen blocks' one pass, the ratio plain / default per
+Printed per table: seconds per step and the seconds of the frozen blocks' one pass, the ratios plain / default and default / bfloat16 per
 step and for a whole `--full-steps`-step fine-tune (the one pass counted once), the loss of the last steps of each
 (lower with `vocab='rows'` by construction, as its softmax is over fewer tokens), and valid rows per second when
 sampling a group (`--rows` rows), with the ratio.
@@ -28,7 +30,7 @@ from opal_nb.core import infer_schema
 from opal_nb.pretrained import SmolTabular, load_smollm2
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = {'plain': dict(cache_frozen=False, vocab='full'), 'default': dict()}
+SETTINGS = {'plain': dict(cache_frozen=False, vocab='full'), 'default': dict(), 'bfloat16': dict(precision='bfloat16')}
 
 
 def one(train, target, cols, schema, steps, rows, seed, **kw) -> dict:
@@ -71,6 +73,9 @@ def main():
         print(f"  plain / default: per step {med['plain']['step_s'] / med['default']['step_s']:.2f}x, "
               f"a {a.full_steps}-step fit {full['plain'] / full['default']:.2f}x, "
               f"sampling {med['default']['rows_s'] / med['plain']['rows_s']:.2f}x")
+        print(f"  default / bfloat16: per step {med['default']['step_s'] / med['bfloat16']['step_s']:.2f}x, "
+              f"a {a.full_steps}-step fit {full['default'] / full['bfloat16']:.2f}x ({full['bfloat16']:.0f} s against {full['default']:.0f} s), "
+              f"sampling {med['bfloat16']['rows_s'] / med['default']['rows_s']:.2f}x")
 
 
 if __name__ == '__main__':

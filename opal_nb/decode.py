@@ -263,8 +263,8 @@ class _LlamaSteps(_Steps):
             q = a.q_proj(h).view(b, k, H, D).transpose(1, 2)
             kk = a.k_proj(h).view(b, k, Z, D).transpose(1, 2)
             q, kk = self.rope(q, kk, cos, sin)
-            Ks[:b, :, t:t + k], Vs[:b, :, t:t + k] = kk, a.v_proj(h).view(b, k, Z, D).transpose(1, 2)
-            q = q.reshape(b, Z, H // Z, k, D) * a.scaling  # grouped queries: H // Z query heads per key/value head
+            Ks[:b, :, t:t + k], Vs[:b, :, t:t + k] = kk, a.v_proj(h).view(b, k, Z, D).transpose(1, 2)  # (cast to the cache's dtype under autocast)
+            q = q.reshape(b, Z, H // Z, k, D).to(Kp.dtype) * a.scaling  # grouped queries: H // Z query heads per key/value head
             s = torch.cat([torch.einsum('bzgkd,zpd->bzgkp', q, Kp),
                            torch.einsum('bzgkd,bzsd->bzgks', q, Ks[:b, :, :t + k]).masked_fill(future, float('-inf'))], -1).softmax(-1)
             o = torch.einsum('bzgkp,zpd->bzgkd', s[..., :self.P], Vp) + torch.einsum('bzgks,bzsd->bzgkd', s[..., self.P:], Vs[:b, :, :t + k])
@@ -288,8 +288,8 @@ class _LlamaSteps(_Steps):
             q = a.q_proj(h).view(1, N, H, D).transpose(1, 2)
             kk = a.k_proj(h).view(1, N, Z, D).transpose(1, 2)
             q, kk = self.rope(q, kk, cos, sin)
-            Ks[rd, :, pd], Vs[rd, :, pd] = kk[0].transpose(0, 1), a.v_proj(h).view(N, Z, D)
-            q = q[0].transpose(0, 1).reshape(N, Z, H // Z, D) * a.scaling
+            Ks[rd, :, pd], Vs[rd, :, pd] = kk[0].transpose(0, 1).to(Ks.dtype), a.v_proj(h).view(N, Z, D).to(Vs.dtype)
+            q = q[0].transpose(0, 1).reshape(N, Z, H // Z, D).to(Kp.dtype) * a.scaling
             Kr, Vr = Ks[rd, :, :T], Vs[rd, :, :T]  # (tokens, kv heads, T, dim): each token's own row
             s = torch.cat([torch.einsum('nzgd,zpd->nzgp', q, Kp),
                            torch.einsum('nzgd,nzsd->nzgs', q, Kr).masked_fill(hide, float('-inf'))], -1).softmax(-1)

@@ -24,7 +24,7 @@ from sklearn.utils._param_validation import Interval
 from .decode import TokenConstraint, decode_rows, resolve_device, model_device, train_model
 
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'RowCodec', 'SchemaConstraint', 'TabularLM', 'chunk_seed', 'read_samples']
+__all__ = ['SPECIAL_TOKENS', 'RowCodec', 'SchemaConstraint', 'TabularLM', 'group_draws', 'chunk_seed', 'read_samples']
 
 # %% ../nbs/03_generate.ipynb #ea9c137b
 SPECIAL_TOKENS = ['<pad>', '<bos>', '<eos>', '<sep>', '<na>', '<unk>']
@@ -360,6 +360,7 @@ class TabularLM(BaseGenerator):
         **{k: [Interval(Real, 0, None, closed='neither')] for k in ('learning_rate', 'temperature')},
         'dropout': [Interval(Real, 0, 1, closed='left')],
         'group_first': [Interval(Real, 0, 1, closed='both')],
+        'group_balance': [Interval(Real, 0, 1, closed='both')],
         'top_p': [Interval(Real, 0, 1, closed='right')],
         'pretrained': [None, str, os.PathLike],
         'random_state': RANDOM_STATE,
@@ -377,6 +378,7 @@ class TabularLM(BaseGenerator):
                  learning_rate: float = 3e-3, # peak AdamW learning rate (warm-up, then cosine decay)
                  max_steps: int | None = None, # stop training after this many steps (None: all epochs)
                  group_first: float = 0.5, # share of training rows written with target and sensitive columns first
+                 group_balance: float = 0.0, # training rows drawn with probability (rows of their group)^-group_balance: 0 every row once an epoch, 1 every group equally often
                  temperature: float = 1.0, # sampling temperature (lower: closer to the most likely rows)
                  top_p: float = 1.0, # nucleus sampling: keep the smallest token set with this probability
                  sample_batch_size: int = 256, # rows generated together in `sample`
@@ -389,7 +391,7 @@ class TabularLM(BaseGenerator):
                 ):
         self.n_layer, self.n_embd, self.n_head, self.dropout = n_layer, n_embd, n_head, dropout
         self.epochs, self.steps, self.batch_size = epochs, steps, batch_size
-        self.learning_rate, self.max_steps, self.group_first = learning_rate, max_steps, group_first
+        self.learning_rate, self.max_steps, self.group_first, self.group_balance = learning_rate, max_steps, group_first, group_balance
         self.temperature, self.top_p = temperature, top_p
         self.sample_batch_size, self.n_positions, self.pretrained = sample_batch_size, n_positions, pretrained
         self.random_state, self.progress, self.n_threads, self.device = random_state, progress, n_threads, device
@@ -424,9 +426,12 @@ def _new_model(self: TabularLM, codec: RowCodec) -> GPT2LMHeadModel:
 
 @patch
 def _training_batches(self: TabularLM, encoded: list, # per row, per column the ids of its value
-                      codec: RowCodec, rng: np.random.Generator):
+                      codec: RowCodec, rng: np.random.Generator,
+                      p: np.ndarray | None = None, # each row's probability of being drawn (`group_balance`); None: every row once
+                     ):
     "One epoch of (input_ids, attention_mask, labels) batches in new random row and column orders."
-    perm, C = rng.permutation(len(encoded)), codec.n_columns
+    perm = rng.permutation(len(encoded)) if p is None else rng.choice(len(encoded), len(encoded), p=p)
+    C = codec.n_columns
     first = [codec.names.index(c) for c in codec.schema.group_columns]
     rest = [i for i in range(C) if i not in first]
     def order():
@@ -438,6 +443,17 @@ def _training_batches(self: TabularLM, encoded: list, # per row, per column the 
         ids = torch.tensor([s + [codec.pad] * (L - len(s)) for s in seqs])
         mask = torch.tensor([[1] * len(s) + [0] * (L - len(s)) for s in seqs])
         yield ids, mask, ids.masked_fill(mask == 0, -100)
+
+# %% ../nbs/03_generate.ipynb #35107602
+def group_draws(df: pd.DataFrame, # the training rows
+                columns: list[str], # the group columns (target and sensitive)
+                balance: float, # 0: None (every row once); 1: every group equally likely
+               ) -> np.ndarray | None:
+    "Each row's probability of being drawn for training: proportional to (rows of its group)^-balance; None when `balance` is 0."
+    if not balance: return None
+    size = df.groupby(columns, dropna=False, observed=True)[columns[0]].transform('size').to_numpy(float)
+    w = size ** -float(balance)
+    return w / w.sum()
 
 # %% ../nbs/03_generate.ipynb #982191ea
 @patch
@@ -462,7 +478,8 @@ def fit(self: TabularLM, df: pd.DataFrame, # the training table
             max_steps = self.steps if max_steps is None else min(max_steps, self.steps)
         total = epochs * per_epoch if max_steps is None else min(max_steps, epochs * per_epoch)
         rng = np.random.default_rng(seed)
-        batches = (b for _ in range(epochs) for b in self._training_batches(encoded, codec, rng))  # new row and column orders each epoch
+        p = group_draws(df, schema.group_columns, self.group_balance)
+        batches = (b for _ in range(epochs) for b in self._training_batches(encoded, codec, rng, p))  # new row and column orders each epoch
         def loss(b): return model(**{k: t.to(dev) for k, t in zip(('input_ids', 'attention_mask', 'labels'), b)}).loss
         losses = train_model(model, batches, loss, total, self.learning_rate, weight_decay=0.01, warmup=0.05, progress=self.progress, desc='fit')
         self.history_, self.n_steps_ = [float(np.mean(losses[i:i + per_epoch])) for i in range(0, len(losses), per_epoch)], len(losses)

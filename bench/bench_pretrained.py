@@ -16,7 +16,7 @@ Needs the paper's release (default ../shared/data/opal-paper) and the smollm2 ex
     python bench/bench_pretrained.py --quick               # 1 data set, 2 seeds, imbalanced, logistic (~10 min)
     python bench/bench_pretrained.py --settings imbalanced --methods none smote opal_smol_icl
     python bench/bench_pretrained.py --report-only --out bench/results/pretrained.csv   # tables of what is cached
-    python bench/bench_pretrained.py --methods opal_smol_ft --merge bench/results/pretrained.csv --out bench/results/pretrained.csv
+    python bench/bench_pretrained.py --methods opal_smol_ft --smol-ft max_steps=100 --merge bench/results/pretrained.csv --out bench/results/pretrained.csv
                                                            # rerun one method; the others' results and costs kept from the file
 
 Rows and results are cached per (data set, setting, seed, method) in --cache-dir (shared with
@@ -24,7 +24,7 @@ bench/reproduce_paper.py), so an interrupted run resumes; the cost of a method i
 (cost.jsonl in the cache), so rerunning prints the cost of the run that made them. Figures are printed, never asserted.
 """
 from __future__ import annotations
-import argparse, json, sys, time, warnings
+import argparse, ast, json, sys, time, warnings
 from pathlib import Path
 
 import pandas as pd
@@ -145,6 +145,17 @@ def verdicts(table: pd.DataFrame) -> str:
     return '\n'.join(lines)
 
 
+def smol_settings(pairs: list[str]) -> dict:
+    "KEY=VALUE strings as SmolTabular keyword arguments (a VALUE that is a Python literal is read as one, else kept as text)."
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition('=')
+        if not sep or not key.isidentifier(): sys.exit(f"--smol-ft takes KEY=VALUE pairs, got {pair!r}")
+        try: out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError): out[key] = value
+    return out
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--data-dir', default=str(ROOT.parent / 'shared' / 'data' / 'opal-paper'))
@@ -156,7 +167,8 @@ def parse_args(argv=None):
     p.add_argument('--seeds', nargs='+', type=int)
     p.add_argument('--cache-dir', default=str(Path.home() / '.cache' / 'opal_nb' / 'reproduce_paper'))
     p.add_argument('--out', help='write the tidy results to this CSV (and the cost table beside it)')
-    p.add_argument('--smol-ft-steps', type=int, help="SmolTabular's max_steps for opal_smol_ft (default: its default; another value is cached apart)")
+    p.add_argument('--smol-ft', nargs='+', metavar='KEY=VALUE', default=[],
+                   help="SmolTabular's settings for opal_smol_ft, e.g. max_steps=100 precision=bfloat16 (default: its defaults; other settings are cached apart)")
     p.add_argument('--merge', help="an earlier --out CSV: its rows (and costs) of the methods not run here are kept, this run's replace the rest")
     p.add_argument('--report-only', action='store_true', help='compute nothing: report the finished tasks in --cache-dir '
                    '(a method that finished only some seeds is compared with the baselines on those seeds only)')
@@ -172,7 +184,7 @@ def main(argv=None):
     seeds = a.seeds or ([1, 2] if a.quick else [1, 2, 6, 8, 42])
     Path(a.cache_dir).mkdir(parents=True, exist_ok=True)
     cost_log = Path(a.cache_dir) / 'cost.jsonl'
-    smol_tabular = None if a.smol_ft_steps is None else dict(max_steps=a.smol_ft_steps)
+    smol_tabular = smol_settings(a.smol_ft) or None
     methods = {n: m for n, m in timed_methods(cost_log, smol_tabular).items() if n in a.methods}
     warnings.filterwarnings('ignore', category=FutureWarning)
     t0 = time.perf_counter()

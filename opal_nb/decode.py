@@ -92,12 +92,21 @@ class _Steps:
     "What the fast step classes share: a call takes (m,) or (m, k) tokens, every row all k (in step) or row r its first lengths[r] (ragged)."
     def __call__(self, tokens: torch.LongTensor, # (m,) or (m, k) token ids
                  lengths: torch.LongTensor | None = None, # (m,) CPU: row r brings its first lengths[r] tokens (None: all k)
+                 cols: torch.LongTensor | None = None, # only these tokens' scores, in this order (None: the whole vocabulary)
                 ) -> torch.Tensor:
         "Logits after feeding `tokens`: the next-token scores of each sequence after its last (real) token."
         tokens = tokens if tokens.dim() == 2 else tokens[:, None]
+        self.cols = cols
         if lengths is not None: return self._ragged(tokens, lengths)
         if self.t is None: raise RuntimeError(f"{type(self).__name__}: the rows are at different positions after a ragged call; pass lengths")
         return self._in_step(tokens)
+
+def _head(head, h: torch.Tensor, cols: torch.LongTensor | None) -> torch.Tensor:
+    "The output layer `head` on hidden states `h`, for the tokens `cols` only (a linear layer's rows; any other head is run whole, then cut)."
+    if cols is None: return head(h).float()
+    if type(head) is torch.nn.Linear:
+        return torch.nn.functional.linear(h, head.weight[cols], None if head.bias is None else head.bias[cols]).float()
+    return head(h)[..., cols].float()
 
 class _GPT2Steps(_Steps):
     "Next-token logits of a `GPT2LMHeadModel` for `m` sequences sharing a prompt, with a preallocated position-major KV cache."
@@ -147,7 +156,8 @@ class _GPT2Steps(_Steps):
                 o = torch.einsum('qpbh,pbhd->qbhd', s.softmax(1), V[:t + k, :b]).reshape(k * b, E)
             x = self._block(x, blk, o)
         self.t += k
-        return self.tr.ln_f(x[-b:]) @ self.head.T
+        h = self.tr.ln_f(x[-b:])
+        return h @ (self.head.T if getattr(self, 'cols', None) is None else self.head[self.cols].T)
 
     def _ragged(self, tokens, lengths):
         "Only the real tokens, packed slot by slot: slot j's queries attend to their rows' keys up to their own positions."
@@ -180,7 +190,8 @@ class _GPT2Steps(_Steps):
                     out.append((w[..., None] * Vs).sum(0))
             x = self._block(x, blk, (out[0] if len(out) == 1 else torch.cat(out)).reshape(-1, E))
         self.pos, self.t = self.pos + lengths, None
-        return self.tr.ln_f(x[_last_tokens(rr, jj, lengths, k).to(dev)]) @ self.head.T
+        h = self.tr.ln_f(x[_last_tokens(rr, jj, lengths, k).to(dev)])
+        return h @ (self.head.T if self.cols is None else self.head[self.cols].T)
 
 def _batch_cache(cache, model, batch_size: int, max_len: int):
     "The prompt's KV `cache` copied for `batch_size` sequences, in a preallocated `StaticCache` when the model allows it."
@@ -241,7 +252,8 @@ class _LlamaSteps(_Steps):
         self.H, self.Z = cfg.num_attention_heads, cfg.num_key_value_heads
         self.D = getattr(cfg, 'head_dim', None) or cfg.hidden_size // self.H
         dev = model_device(model)
-        out = model(input_ids=torch.tensor([prompt], device=dev), use_cache=True)
+        keep = {'logits_to_keep': 1} if 'logits_to_keep' in inspect.signature(inner.forward).parameters else {}  # the head for the last position only
+        out = model(input_ids=torch.tensor([prompt], device=dev), use_cache=True, **keep)
         cache = _cache_of(out)
         self.Kp = [l.keys[0] for l in cache.layers]  # (kv heads, prompt, dim): one copy for every row
         self.Vp = [l.values[0] for l in cache.layers]
@@ -272,7 +284,7 @@ class _LlamaSteps(_Steps):
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         self.t += k
         self.pos[:b] += k
-        return self.hf.lm_head(self.dec.norm(x[:, -1])).float()
+        return _head(self.hf.lm_head, self.dec.norm(x[:, -1]), getattr(self, 'cols', None))
 
     def _ragged(self, tokens, lengths):
         "Only the real tokens, packed: each attends to the shared prompt and to its own row's cache up to its own position."
@@ -297,7 +309,7 @@ class _LlamaSteps(_Steps):
             x = x + a.o_proj(o.reshape(1, N, H * D))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         self.pos, self.t = self.pos + lengths, None
-        return self.hf.lm_head(self.dec.norm(x[0, _last_tokens(rr, jj, lengths, k).to(dev)])).float()
+        return _head(self.hf.lm_head, self.dec.norm(x[0, _last_tokens(rr, jj, lengths, k).to(dev)]), self.cols)
 
 def _steps_for(model, fast: bool | None):
     "The step class for `model`: the GPT-2 fast path, shared-prefix attention for the Llama family, else the model's `forward`."
@@ -348,7 +360,7 @@ def _lockstep_rows(steps, constraint, m, T, warp, u, pad, eos, dev, jump_forward
 def _ragged_rows(steps, constraint, m, T, warp, u, pad, eos, dev):
     "Every row at its own pace: its forced tokens written at once, then one model call for every row's pending tokens."
     out, n, fed = torch.full((m, T), pad), torch.zeros(m, dtype=torch.long), torch.zeros(m, dtype=torch.long)  # n: written, fed: of them fed
-    done, logits = torch.full((m,), T == 0), steps.first  # logits: each row's after its last token fed
+    done, width_v = torch.full((m,), T == 0), steps.first.shape[1]  # width_v: the model's vocabulary
     calls = width = forced = draws = 0
     allowed = constraint.step(None, m)
 
@@ -368,16 +380,20 @@ def _ragged_rows(steps, constraint, m, T, warp, u, pad, eos, dev):
             forced += len(r)
             write(r, allowed[r].to(torch.uint8).argmax(1))
         if done.all(): break
-        k_r = torch.where(done, 0, n - fed)  # each unfinished row's tokens not fed yet
+        r = (~done).nonzero()[:, 0]
+        choice = _fit_width(allowed[r], width_v)
+        cols = choice.any(0).nonzero()[:, 0]  # the tokens some row may draw: the only scores computed
+        cd = cols.to(dev)
+        k_r = torch.where(done, 0, n - fed)  # each unfinished row's tokens not fed yet (none only before its first token)
+        logits = steps.first[:, cd]
         if (k := int(k_r.max())):
             j = torch.arange(k)
             block = out.gather(1, (fed[:, None] + j).clamp(max=T - 1)).masked_fill(j >= k_r[:, None], pad)
-            logits = torch.where((k_r > 0).to(dev)[:, None], steps(block.to(dev), k_r), logits)
+            logits = torch.where((k_r > 0).to(dev)[:, None], steps(block.to(dev), k_r, cols=cd), logits)
             fed, calls, width = fed + k_r, calls + 1, width + k
-        r = (~done).nonzero()[:, 0]
         rd = r.to(dev)
         draws += len(r)
-        write(r, _draw(warp(None, _masked(logits[rd], allowed[r], dev)), u=u[rd, n[r].to(dev)]).cpu())
+        write(r, cols[_draw(warp(None, _masked(logits[rd], choice[:, cols], dev)), u=u[rd, n[r].to(dev)]).cpu()])
     t = int(n.max()) if m else 0
     return out[:, :t].clone(), dict(steps=t, model_calls=calls, tokens_fed=width, forced_tokens=forced, draws=draws, ragged=True)
 

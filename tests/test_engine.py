@@ -201,11 +201,23 @@ def test_ragged_blocks_match_the_models_forward(name, seed):
             n = torch.minimum(n, L - fed)
             j = torch.arange(int(n.max()))
             tok = seqs.gather(1, (fed[:, None] + j).clamp(max=L - 1)).masked_fill(j >= n[:, None], 0)
-            got = steps(tok, n)
+            cols = torch.randperm(40, generator=g)[:7] if call % 2 else None  # every other call: a few tokens' scores only
+            got = steps(tok, n, cols=cols)
             fed += n
             for r in range(m):
-                if n[r]: torch.testing.assert_close(got[r], full[r, fed[r] - 1], atol=1e-4, rtol=1e-4); compared += 1
+                want = full[r, fed[r] - 1] if cols is None else full[r, fed[r] - 1, cols]
+                if n[r]: torch.testing.assert_close(got[r], want, atol=1e-4, rtol=1e-4); compared += 1
     assert compared >= 8 and fed.unique().numel() > 1  # the rows ended at different positions
+
+
+def test_a_narrowed_head_is_the_whole_head_cut():
+    "`_head` with `cols` gives the whole head's scores of those tokens: a linear head by its rows, any other head run whole."
+    from opal_nb.decode import _head
+    torch.manual_seed(0)
+    h, cols = torch.randn(3, 8), torch.tensor([5, 0, 9])
+    for head in (torch.nn.Linear(8, 12), torch.nn.Linear(8, 12, bias=False), torch.nn.Sequential(torch.nn.Linear(8, 12), torch.nn.Tanh())):
+        torch.testing.assert_close(_head(head, h, cols), head(h)[:, cols])
+        torch.testing.assert_close(_head(head, h, None), head(h))
 
 
 @pytest.mark.parametrize('name', ['gpt2', 'llama'])

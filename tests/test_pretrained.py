@@ -16,7 +16,7 @@ from hypothesis import given, settings, strategies as st, HealthCheck, assume
 from opal_nb.core import OPALInputError, ColumnSpec, infer_schema
 from opal_nb.prompt import parse_rows, rows_to_text, format_value, few_shot_messages
 from opal_nb.chat import tiny_chat_model
-from opal_nb.pretrained import (token_bytes, TokenTrie, RowGrammar, RowConstraint, sample_rows, SmolICL, SmolTabular,
+from opal_nb.pretrained import (token_bytes, TokenTrie, RowGrammar, RowConstraint, sample_rows, SmolICL, SmolTabular, resolve_precision,
                                 load_smollm2, _Number, _trie)
 
 torch.set_num_threads(1)
@@ -189,6 +189,23 @@ def test_icl_seeds_groups_and_dtypes(tiny):
     assert len(icl.rejected_) == 0 and len(icl.last_texts_) == 7
     assert len(icl.sample(0, group=GROUP)) == 0
     assert len(icl.sample(3)) == 3  # no group: any rows
+
+
+@pytest.mark.parametrize('precision', ['float32', 'bfloat16'])
+def test_icl_precision(tiny, precision):
+    "SmolICL samples under autocast at its precision: valid rows, the same for a seed, the head's matmul in that dtype."
+    model, _ = tiny
+    seen = []
+    hook = model.lm_head.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    try:
+        icl = SmolICL(tiny, n_examples=3, batch_size=4, progress=False, random_state=0, precision=precision).fit(PEOPLE, 'income', ['sex'])
+        a = icl.sample(6, group=GROUP, random_state=1)
+    finally: hook.remove()
+    assert icl.precision_ == precision and len(a) == 6 and len(icl.rejected_) == 0
+    assert set(seen) == {getattr(torch, precision)}
+    pd.testing.assert_frame_equal(a, icl.sample(6, group=GROUP, random_state=1))
+    assert SmolICL(tiny, progress=False).fit(PEOPLE, 'income').precision_ == resolve_precision('auto', 'cpu')
+    assert next(model.parameters()).dtype == torch.float32  # the shared model's weights are untouched
 
 
 def test_icl_bad_input(tiny):

@@ -9,6 +9,9 @@ none, reweight (sample weights inverse to the group's size), duplicate and smote
 (TabularLM with its defaults writing every row, through RowFilter: `OPALOverSampler`'s defaults, as `GENERATED_SHARE` is 1;
 `--methods ... opal` adds `opal_defaults`, the first `GENERATED_SHARE` of each group's rows and copies for the rest;
 `--methods ... opal_balanced` adds TabularLM(group_balance=1.0), trained with every group drawn equally often;
+`--methods ... opal_cfg2` (opal_cfg1.5, opal_cfg3) adds the same fitted TabularLM sampling with classifier-free guidance
+w = 2 on the group's columns (`TabularLM(guidance=2)`; the model is fitted once per table and seed for opal_tabular
+and every guided variant, which the shared cache of `SameRows` makes possible);
 opal_select: `OPALOverSampler(select_with=<the classifier scored>)`, which chooses among written rows, half, copies and
 none by the classifier's worst-group error on validation rows cut from the training rows (its first generator fitted on
 the others; the one-standard-error rule; the rows then written by a generator fitted on all the training rows)). Classifiers: logistic regression (unpenalized) and a 200-tree random forest.
@@ -35,13 +38,14 @@ sys.path.insert(0, str(ROOT / 'tests'))
 from corpus import corpus_tables  # noqa: E402
 from opal_nb.core import OPALInputError, BaseGenerator  # noqa: E402
 from opal_nb.evaluate import unpenalized_logistic, classifier_pipeline  # noqa: E402
-from opal_nb.experiments import PaperMethod, paper_methods, run_method, split_from_table, mixed_rows, cache_path, sampler_method, _features  # noqa: E402
+from opal_nb.experiments import PaperMethod, paper_methods, run_method, split_from_table, mixed_rows, cache_path, sampler_method, _features, generator_rows  # noqa: E402
 from opal_nb.generate import TabularLM  # noqa: E402
 from opal_nb.oversample import GENERATED_SHARE, OPALOverSampler  # noqa: E402
 
 METHODS = ('none', 'reweight', 'duplicate', 'smote', 'opal_tabular', 'opal_select')  # opal_tabular: OPALOverSampler's defaults (GENERATED_SHARE = 1); opal_select: with select_with
 BASELINES = ('reweight', 'duplicate', 'smote')
 BALANCE = 1.0  # opal_balanced: TabularLM(group_balance=1.0), every (label x sensitive) group drawn equally often in training
+GUIDED = {'opal_cfg1.5': 1.5, 'opal_cfg2': 2.0, 'opal_cfg3': 3.0}  # opal_cfg<w>: TabularLM(guidance=w), the opal_tabular model sampling with guidance
 METRICS = ('worst', 'balanced_accuracy', 'error')
 KEEP = (*METRICS, 'minority', 'majority', 'diff')  # what --out keeps (not each group's error)
 
@@ -83,7 +87,7 @@ class SameRows(BaseGenerator):
     """TabularLM (its defaults), remembered: fitted again on the same rows with the same seed it writes the same rows, so the
     run of `opal_select` for a second classifier reuses the first one's model and rows (a benchmark's shortcut; the
     sampler's choice is still made by each classifier)."""
-    def __init__(self, random_state=None): self.random_state = random_state
+    def __init__(self, random_state=None, guidance: float = 1.0): self.random_state, self.guidance = random_state, guidance
 
     def fit(self, df, target, sensitive=None, schema=None):
         self.key_ = (int(pd.util.hash_pandas_object(df).sum()), tuple(df.columns), target, tuple(sensitive or ()), self.random_state)
@@ -95,8 +99,11 @@ class SameRows(BaseGenerator):
 
     def sample(self, n, group=None, random_state=None):
         lm, written = _FITS[self.key_]
-        k = (n, tuple(sorted((group or {}).items())), random_state)
-        if k not in written: written[k] = (lm.sample(n, group=group, random_state=random_state), lm.rejected_)
+        k = (n, tuple(sorted((group or {}).items())), random_state, self.guidance)
+        if k not in written:
+            lm.guidance = self.guidance
+            try: written[k] = (lm.sample(n, group=group, random_state=random_state), lm.rejected_)
+            finally: lm.guidance = 1.0
         rows, self.rejected_ = written[k]
         return rows.copy()
 
@@ -114,6 +121,12 @@ def classifiers() -> dict:
 def run(tables, seeds, cache_dir, methods=METHODS) -> tuple[pd.DataFrame, list]:
     table, parts, errors = paper_methods(), [], []
     table['opal_balanced'] = paper_methods(tabular={'group_balance': BALANCE})['opal_tabular']  # `--methods ... opal_balanced`
+    # opal_tabular's rows as `paper_methods` writes them (its cache tag), from a model the guided variants then reuse
+    tab = table['opal_tabular']
+    table['opal_tabular'] = PaperMethod(lambda split, plan, seed: generator_rows(split, plan, seed, SameRows(seed)), tab.reference, tab.tag, tab.description)
+    for m, w in GUIDED.items():
+        table[m] = PaperMethod(lambda split, plan, seed, w=w: generator_rows(split, plan, seed, SameRows(seed, guidance=w)),
+                               tab.reference, f'{tab.tag} guidance={w}', f'TabularLM sampling with classifier-free guidance w = {w}')
     for i, t in enumerate(tables):
         df = t.load()
         name = re.sub(r'[^A-Za-z0-9]+', '-', t.name)
@@ -145,10 +158,10 @@ def report(tidy: pd.DataFrame) -> str:
     full = full[full == d.method.nunique()].reset_index()[['table', 'classifier', 'seed']]
     d = d.merge(full, on=['table', 'classifier', 'seed'])
     t = d.pivot_table(index=['table', 'classifier', 'metric'], columns='method', values='value', aggfunc='mean')
-    order = [m for m in (*METHODS, 'opal', 'opal_balanced') if m in t.columns]
+    order = [m for m in (*METHODS, 'opal', 'opal_balanced', *GUIDED) if m in t.columns]
     out = [f"{d.table.nunique()} tables, seeds per table: {sorted(d.groupby('table').seed.nunique().unique().tolist())}; "
            "mean over seeds of the test errors\n", t[order].round(3).to_string()]
-    for o in ('opal_tabular', 'opal', 'opal_select', 'opal_balanced'):
+    for o in ('opal_tabular', 'opal', 'opal_select', 'opal_balanced', *GUIDED):
         if o in t.columns: out += _shares(t, o)
     return '\n'.join(out)
 

@@ -8,7 +8,7 @@ per row forced and drawn, and the positions fed.
 
 Part 2, SmolLM2-135M-Instruct in context, as `SmolICL` runs it (the paper's prompt with 10 real rows of the group,
 32 rows per prompt): valid rows/s of `sample_rows` with jump-forward on (per row, the engine's default for the Llama
-family) and off, against `model.generate()` decoding the same number of new tokens per row (the mean of the rows
+family; the text every row starts with, the first column's name, joins the prompt) and off (every token of every row sampled and fed), against `model.generate()` decoding the same number of new tokens per row (the mean of the rows
 written, end token included) with no prompt at all, at the same batch size, in this process (the issue-15 goal: the constrained rows at least 2x as fast as that plain
 decoding). Where the CPU has fast bfloat16 (SmolICL's `precision='auto'` takes it), sample_rows and generate() run
 a second time under `opal_nb.pretrained.autocast(model, 'bfloat16', cache=True)`, and the ratios are printed against
@@ -92,6 +92,7 @@ def part_smol(repeats: int, rows: int, batch: int = 32):
     pool = icl.data_[(icl.data_.high_progression == 1) & (icl.data_.sex == 2)]
     trie, grammar = _trie(tok), RowGrammar(icl.schema_, group)
     prompt = icl._prompt(tok, pool, group, np.random.default_rng(0))
+    lead = {'tokenizer': tok} if 'tokenizer' in inspect.signature(sample_rows).parameters else {}  # the rows' fixed first text joins the prompt (with jump-forward)
     print(f"SmolLM2 in context: prompt of {len(prompt)} tokens (10 real rows), {batch} rows per prompt, {rows} rows per run")
     torch.set_num_threads(1)
     precisions = ['float32'] + (['bfloat16'] if hasattr(P, 'autocast') and P.resolve_precision('auto', 'cpu') == 'bfloat16' else [])
@@ -103,7 +104,7 @@ def part_smol(repeats: int, rows: int, batch: int = 32):
                 undo = jump_switch(P, mode == 'on')
                 try:
                     with cast(prec):
-                        s, texts = timed(lambda: [t for i in range(rows // batch) for t in sample_rows(model, trie, prompt, grammar, batch, 100 * r + i)])
+                        s, texts = timed(lambda: [t for i in range(rows // batch) for t in sample_rows(model, trie, prompt, grammar, batch, 100 * r + i, **(lead if mode == 'on' else {}))])
                 finally: undo()
                 valid = sum(grammar.accepts(t) for t in texts)
                 runs.setdefault(f'{mode} {prec}', []).append(valid / s)

@@ -320,6 +320,21 @@ def _steps_for(model, fast: bool | None):
     return _CachedSteps
 
 # %% ../nbs/02b_decode.ipynb #aaafeae8
+class _GuidedSteps:
+    """Classifier-free guidance: the scores of the conditioned steps `cond` pushed away from those of `free`, which fed the
+    same tokens after a prompt without the condition: `free + w (cond - free)` (w = 1: `cond`'s scores)."""
+    def __init__(self, cond, free, w: float):
+        self.cond, self.free, self.w = cond, free, float(w)
+        self.ragged = getattr(cond, 'ragged', False) and getattr(free, 'ragged', False)
+        self.ragged_default = getattr(cond, 'ragged_default', False)
+        self.first = self._mix(cond.first, free.first)
+
+    def _mix(self, c, f): return f + self.w * (c - f)
+
+    def __call__(self, tokens, lengths=None, cols=None):
+        kw = {} if lengths is None and cols is None else dict(lengths=lengths, cols=cols)
+        return self._mix(self.cond(tokens, **kw), self.free(tokens, **kw))
+
 def _fit_width(mask: torch.BoolTensor, width: int) -> torch.BoolTensor:
     "`mask` padded with False (or cut) to `width` columns."
     if mask.shape[1] == width: return mask
@@ -410,12 +425,17 @@ def decode_rows(model, # a causal LM (a `GPT2LMHeadModel` takes the fast path)
                 fast: bool | None = None, # False: the model's own `forward`; None/True: a fast path where the model has one (GPT-2, the Llama family)
                 jump_forward: bool | str = True, # forced tokens without a call each: 'rows' per row, 'lockstep' rows in step, True the model's best of the two; False: one call per token (the same rows in every mode)
                 stats: dict | None = None, # filled with counts: steps, model_calls, tokens_fed, forced_tokens, draws, ragged (forced_steps)
+                guidance: float = 1.0, # classifier-free guidance: > 1 moves each token's scores away from those after `free_prompt` (1: no guidance)
+                free_prompt: list[int] | None = None, # the prompt without its condition (needed when `guidance` is not 1)
                ) -> torch.LongTensor:
     "(m, <= max_new_tokens) ids sampled after `prompt` under `constraint`, `pad` after `eos` (on the CPU)."
     if jump_forward not in (True, False, 'rows', 'lockstep'): raise OPALInputError(f"jump_forward must be True, False, 'rows' or 'lockstep'; got {jump_forward!r}")
+    if guidance != 1 and free_prompt is None: raise OPALInputError("guidance needs free_prompt: the prompt without the condition")
     warp, dev, T = warpers(temperature, top_p), model_device(model), max(max_new_tokens, 0)
     with torch.inference_mode():
-        steps = _steps_for(model, fast)(model, prompt, m, len(prompt) + T)
+        kind = _steps_for(model, fast)
+        steps = kind(model, prompt, m, len(prompt) + T)
+        if guidance != 1: steps = _GuidedSteps(steps, kind(model, list(free_prompt), m, len(free_prompt) + T), guidance)
         u = torch.rand(m, T, generator=generator, device=dev)  # row r's token at position p is drawn with u[r, p], in every loop
         mode = jump_forward if isinstance(jump_forward, str) else bool(jump_forward)
         per_row = mode == 'rows' or (mode is True and getattr(steps, 'ragged_default', False))

@@ -344,8 +344,8 @@ def paper_methods(tabular: dict | None = None, # TabularLM arguments for `opal_t
         'opal_tabular': PaperMethod(tab, 'focus', 'v1 ' + _tag(tabular), 'TabularLM trained on the R real rows'),
         'opal': PaperMethod(mix, 'focus', f'v1 share={share} ' + _tag(tabular),
                             f"OPALOverSampler's defaults (generated_share={share!r})"),
-        'opal_smol_icl': PaperMethod(icl, 'focus', 'v2 ' + _tag(smol_icl), 'SmolLM2-135M-Instruct in context, shown real rows of the group'),
-        'opal_smol_ft': PaperMethod(ft, 'focus', 'v4 ' + _tag(smol_tabular), 'SmolLM2-135M-Instruct fine-tuned (LoRA) on the R real rows'),
+        'opal_smol_icl': PaperMethod(icl, 'focus', 'v3 ' + _tag(smol_icl), 'SmolLM2-135M-Instruct in context, shown real rows of the group'),
+        'opal_smol_ft': PaperMethod(ft, 'focus', 'v5 ' + _tag(smol_tabular), 'SmolLM2-135M-Instruct fine-tuned (LoRA) on the R real rows'),
     }
 
 # %% ../nbs/07_experiments.ipynb #9156e11b

@@ -362,6 +362,7 @@ class TabularLM(BaseGenerator):
         'group_first': [Interval(Real, 0, 1, closed='both')],
         'group_balance': [Interval(Real, 0, 1, closed='both')],
         'top_p': [Interval(Real, 0, 1, closed='right')],
+        'guidance': [Interval(Real, 0, None, closed='left')],
         'pretrained': [None, str, os.PathLike],
         'random_state': RANDOM_STATE,
         'progress': ['boolean'],
@@ -381,6 +382,7 @@ class TabularLM(BaseGenerator):
                  group_balance: float = 0.0, # training rows drawn with probability (rows of their group)^-group_balance: 0 every row once an epoch, 1 every group equally often
                  temperature: float = 1.0, # sampling temperature (lower: closer to the most likely rows)
                  top_p: float = 1.0, # nucleus sampling: keep the smallest token set with this probability
+                 guidance: float = 1.0, # classifier-free guidance on the group's columns: > 1 pushes each token away from what the model writes without the group (1: none; see `sample`)
                  sample_batch_size: int = 256, # rows generated together in `sample`
                  n_positions: int | None = None, # context length; None: the longest row of the schema
                  pretrained: str | None = None, # local directory of a saved TabularLM to continue training from
@@ -392,7 +394,7 @@ class TabularLM(BaseGenerator):
         self.n_layer, self.n_embd, self.n_head, self.dropout = n_layer, n_embd, n_head, dropout
         self.epochs, self.steps, self.batch_size = epochs, steps, batch_size
         self.learning_rate, self.max_steps, self.group_first, self.group_balance = learning_rate, max_steps, group_first, group_balance
-        self.temperature, self.top_p = temperature, top_p
+        self.temperature, self.top_p, self.guidance = temperature, top_p, guidance
         self.sample_batch_size, self.n_positions, self.pretrained = sample_batch_size, n_positions, pretrained
         self.random_state, self.progress, self.n_threads, self.device = random_state, progress, n_threads, device
 
@@ -519,8 +521,10 @@ def sample(self: TabularLM, n: int, # number of rows
 def _generate(self: TabularLM, prompt: list[int], written: list[str], m: int, generator: torch.Generator | None = None) -> torch.LongTensor:
     "Token ids of `m` rows continuing `prompt`, sampled under the schema constraint by the engine."
     codec = self.codec_
+    guided = getattr(self, 'guidance', 1.0) != 1 and len(prompt) > 1  # the group's columns are the condition; [bos] is the prompt without them
     new = decode_rows(self.model_, prompt, SchemaConstraint(codec, len(prompt), written), m, codec.max_length - len(prompt),
-                      temperature=self.temperature, top_p=self.top_p, pad=codec.pad, eos=codec.eos, generator=generator)
+                      temperature=self.temperature, top_p=self.top_p, pad=codec.pad, eos=codec.eos, generator=generator,
+                      guidance=self.guidance if guided else 1.0, free_prompt=[codec.bos] if guided else None)
     return torch.cat([torch.tensor([prompt]).expand(m, -1), new], 1)
 
 # %% ../nbs/03_generate.ipynb #85b28966

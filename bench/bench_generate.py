@@ -7,7 +7,10 @@ Both decoding paths are timed in this process, alternately, on the same model, r
 median over `--repeats` of (rows/s of the loop) / (rows/s of generate()). The machine may be shared, so absolute
 rows/s move with its load; the ratio measured in one run is the figure to read.
 
-Run: `python bench/bench_generate.py [--rows 1000] [--repeats 3] [--data path.csv]`. Figures are printed, never asserted.
+With `--compile`, also torch.compile of the engine's GPT-2 step against the plain step (rows/s ratio, same rows, the compile's
+seconds and after how many rows it pays for itself).
+
+Run: `python bench/bench_generate.py [--rows 1000] [--repeats 3] [--data path.csv] [--compile]`. Figures are printed, never asserted.
 """
 import argparse, time
 from pathlib import Path
@@ -78,7 +81,7 @@ def flops_per_token(model, context: int) -> float:
     return 2 * (body + head) + 2 * attention
 
 
-def main(rows: int, data: Path, repeats: int = 3):
+def main(rows: int, data: Path, repeats: int = 3, compile_step: bool = False):
     df = pd.read_csv(data)
     target = 'class'
     print(f"table: {data.name}, {len(df)} rows x {df.shape[1]} columns")
@@ -128,6 +131,31 @@ def main(rows: int, data: Path, repeats: int = 3):
     print(f"measured / bound: loop {measured / bound:.3f}, generate() "
           f"{np.median([x['rate'] for x in runs['generate()']]) / bound:.3f} (the rest: attention over the cache, which is "
           f"memory-bound, small matmuls, the constraint, per-step python, decoding rows to values)")
+    if compile_step: compiled_step(lm, rows, group, repeats)
+
+
+def compiled_step(lm: TabularLM, rows: int, group: dict, repeats: int):
+    "torch.compile of the engine's GPT-2 step (`_GPT2Steps._forward`): valid rows/s against the plain step, same seeds, and the compile time."
+    from opal_nb import decode
+    plain = decode._GPT2Steps._forward
+    fast = torch.compile(plain, dynamic=True)
+    def run(fn, seed, n):
+        decode._GPT2Steps._forward = fn
+        try: return timed_sample(lm, n, group, seed)
+        finally: decode._GPT2Steps._forward = plain
+    t = time.perf_counter(); run(fast, 0, min(64, rows)); compile_s = time.perf_counter() - t
+    rates, same = {'plain': [], 'compiled': []}, True
+    for r in range(repeats):  # alternate, same seed per repeat
+        outs = {}
+        for name, fn in (('plain', plain), ('compiled', fast)):
+            s, outs[name] = run(fn, 1 + r, rows)
+            rates[name].append(valid_mask(outs[name], lm.schema_, group).sum() / s)
+        same &= outs['plain'].equals(outs['compiled'])
+    ratios = [b / a for a, b in zip(rates['plain'], rates['compiled'])]
+    saved = 1 / np.median(rates['plain']) - 1 / np.median(rates['compiled'])  # seconds saved per row
+    print(f"torch.compile of the step: first call {compile_s:.1f} s (compiling); valid rows/s plain {np.median(rates['plain']):.0f}, "
+          f"compiled {np.median(rates['compiled']):.0f}; ratio median {np.median(ratios):.2f}x (repeats {', '.join(f'{x:.2f}' for x in ratios)}); "
+          f"same rows: {same}; " + (f"the compile pays for itself after about {compile_s / saved:,.0f} rows" if saved > 0 else "it never pays"))
 
 
 if __name__ == '__main__':
@@ -135,5 +163,6 @@ if __name__ == '__main__':
     p.add_argument('--rows', type=int, default=1000)
     p.add_argument('--data', type=Path, default=DATA)
     p.add_argument('--repeats', type=int, default=3, help='timed runs of each decoding path (the median is reported)')
+    p.add_argument('--compile', action='store_true', help="also time torch.compile of the engine's GPT-2 step against the plain step")
     a = p.parse_args()
-    main(a.rows, a.data, a.repeats)
+    main(a.rows, a.data, a.repeats, a.compile)

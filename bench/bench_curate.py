@@ -5,7 +5,10 @@ every table and seed of `bench/bench_corpus.py` (the same tables, split, plan an
 or logistic regression) is fitted on the real training rows; a written row is kept when the curator gives its own label a
 probability of at least tau (0.2 or 0.5). The rows it drops are replaced two ways: by copies of the group's real rows
 (`_dup`: the group keeps its count), or not at all, with the group's rows reweighted up to the count it should have (`_rw`).
-`soft0.5` keeps every written row at weight 0.5 and weights the group's real rows up to the same total. `opal+smote` adds
+`cal_<curator><q>` (q = 0.0, 0.1) calibrates that threshold per group instead: a
+written row is kept when its probability is at least the q-quantile of the out-of-fold probabilities (5-fold) the curator gives
+the group's own real rows, so a written row may be as ambiguous as its group's real rows but not more; dropped rows are again
+replaced by copies (`_dup`) or by reweighting (`_rw`). `soft0.5` keeps every written row at weight 0.5 and weights the group's real rows up to the same total. `opal+smote` adds
 SMOTE's rows for the same groups beside the written ones, each set at weight 0.5 (the group's total unchanged). `cf` is
 counterfactual copies: a planned row of group (label, s) is a real training row with the same label from another group,
 its sensitive column set to s (its other columns follow its label, as if the attribute were spurious); `opal+cf` mixes
@@ -27,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sklearn.ensemble import RandomForestClassifier
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'tests')); sys.path.insert(0, str(ROOT / 'bench'))
@@ -45,6 +49,25 @@ def curator_scores(split, syn: pd.DataFrame, curator) -> np.ndarray:
     pipe = classifier_pipeline(curator, kinds, levels).fit(split.train[cols], split.train[split.target])
     P, classes = pipe.predict_proba(syn[cols]), list(pipe.classes_)
     return P[np.arange(len(syn)), [classes.index(v) for v in syn[split.target]]]
+
+
+def real_scores(split, curator, seed: int, folds: int = 5) -> np.ndarray:
+    "The probability `curator` gives each real training row's own label, out of fold (`folds`-fold, stratified by group)."
+    kinds, levels = _features(split)
+    cols, keys = list(kinds), [str(k) for k in row_groups(split, split.train)]
+    pipe = classifier_pipeline(curator, kinds, levels)
+    n = min(folds, pd.Series(keys).value_counts().min())
+    cv = StratifiedKFold(max(n, 2), shuffle=True, random_state=seed)
+    P = cross_val_predict(pipe, split.train[cols], split.train[split.target], cv=cv.split(split.train, keys), method='predict_proba')
+    classes = sorted(split.train[split.target].unique())
+    return P[np.arange(len(P)), [classes.index(v) for v in split.train[split.target]]]
+
+
+def calibrated_keep(split, syn: pd.DataFrame, p_syn: np.ndarray, p_real: np.ndarray, q: float) -> np.ndarray:
+    """Keep a written row when its own-label probability is at least the q-quantile of its group's real rows' out-of-fold
+    probabilities: a written row may be as ambiguous as the group's real rows, not more."""
+    real = pd.Series(p_real).groupby([str(k) for k in row_groups(split, split.train)]).quantile(q)
+    return p_syn >= np.array([real.get(str(k), 0.0) for k in row_groups(split, syn)]) - 1e-12
 
 
 def group_weights(split, train: pd.DataFrame, row_weight: np.ndarray, target: dict) -> np.ndarray:
@@ -82,6 +105,13 @@ def variants(split, syn: pd.DataFrame, seed: int) -> dict:
             out[f'cur_{cname}{tau}_rw'] = (kept, group_weights(split, pd.concat([split.train, kept]), np.ones(n_real + len(kept)), target))
             fill = duplicate_rows(split, lost, seed) if lost else syn.iloc[:0]
             out[f'cur_{cname}{tau}_dup'] = (pd.concat([kept, fill], ignore_index=True), None)
+        p_real = real_scores(split, cur, seed)
+        for q in (0.0, 0.1):  # cal_<curator><q>: the threshold from the group's real rows (calibrated_keep)
+            keep = calibrated_keep(split, syn, p, p_real, q)
+            kept, lost = syn[keep], [k for k, ok in zip(row_groups(split, syn), keep) if not ok]
+            out[f'cal_{cname}{q}_rw'] = (kept, group_weights(split, pd.concat([split.train, kept]), np.ones(n_real + len(kept)), target))
+            fill = duplicate_rows(split, lost, seed) if lost else syn.iloc[:0]
+            out[f'cal_{cname}{q}_dup'] = (pd.concat([kept, fill], ignore_index=True), None)
     w = np.r_[np.ones(n_real), np.full(len(syn), 0.5)]
     out['soft0.5'] = (syn, group_weights(split, pd.concat([split.train, syn]), w, target))
     plan = row_groups(split, syn)

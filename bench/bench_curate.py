@@ -5,10 +5,11 @@ every table and seed of `bench/bench_corpus.py` (the same tables, split, plan an
 or logistic regression) is fitted on the real training rows; a written row is kept when the curator gives its own label a
 probability of at least tau (0.2 or 0.5). The rows it drops are replaced two ways: by copies of the group's real rows
 (`_dup`: the group keeps its count), or not at all, with the group's rows reweighted up to the count it should have (`_rw`).
-`cal_<curator><q>` (q = 0.0, 0.1) calibrates that threshold per group instead: a
-written row is kept when its probability is at least the q-quantile of the out-of-fold probabilities (5-fold) the curator gives
-the group's own real rows, so a written row may be as ambiguous as its group's real rows but not more; dropped rows are again
-replaced by copies (`_dup`) or by reweighting (`_rw`). `soft0.5` keeps every written row at weight 0.5 and weights the group's real rows up to the same total. `opal+smote` adds
+`cal_<curator><q>` (q = 0.0, 0.1) calibrates that threshold per group instead: a written row is kept when its probability is
+at least the q-quantile of the out-of-fold probabilities (5-fold) the curator gives the group's own real rows, so a written
+row may be as ambiguous as its group's real rows but not more; dropped rows are again replaced by copies (`_dup`) or by
+reweighting (`_rw`). `soft0.5` keeps every written row at weight 0.5 and weights the group's real rows up to the same
+total. `opal+smote` adds
 SMOTE's rows for the same groups beside the written ones, each set at weight 0.5 (the group's total unchanged). `cf` is
 counterfactual copies: a planned row of group (label, s) is a real training row with the same label from another group,
 its sensitive column set to s (its other columns follow its label, as if the attribute were spurious); `opal+cf` mixes
@@ -97,21 +98,18 @@ def variants(split, syn: pd.DataFrame, seed: int) -> dict:
     target = {k: max(real.values()) for k in real}  # every group filled to the largest
     out = {'opal': (syn, None)}
     n_real = len(split.train)
+
+    def drop(name: str, keep: np.ndarray):
+        "Two variants that drop the rows `keep` rejects: `<name>_rw` reweights their groups up, `<name>_dup` copies real rows in."
+        kept, lost = syn[keep], [k for k, ok in zip(row_groups(split, syn), keep) if not ok]
+        out[f'{name}_rw'] = (kept, group_weights(split, pd.concat([split.train, kept]), np.ones(n_real + len(kept)), target))
+        fill = duplicate_rows(split, lost, seed) if lost else syn.iloc[:0]
+        out[f'{name}_dup'] = (pd.concat([kept, fill], ignore_index=True), None)
     for cname, cur in (('rf', RandomForestClassifier(200, min_samples_leaf=2, random_state=seed)), ('lr', unpenalized_logistic())):
         p = curator_scores(split, syn, cur)
-        for tau in (0.2, 0.5):
-            keep = p >= tau
-            kept, lost = syn[keep], [k for k, ok in zip(row_groups(split, syn), keep) if not ok]
-            out[f'cur_{cname}{tau}_rw'] = (kept, group_weights(split, pd.concat([split.train, kept]), np.ones(n_real + len(kept)), target))
-            fill = duplicate_rows(split, lost, seed) if lost else syn.iloc[:0]
-            out[f'cur_{cname}{tau}_dup'] = (pd.concat([kept, fill], ignore_index=True), None)
+        for tau in (0.2, 0.5): drop(f'cur_{cname}{tau}', p >= tau)
         p_real = real_scores(split, cur, seed)
-        for q in (0.0, 0.1):  # cal_<curator><q>: the threshold from the group's real rows (calibrated_keep)
-            keep = calibrated_keep(split, syn, p, p_real, q)
-            kept, lost = syn[keep], [k for k, ok in zip(row_groups(split, syn), keep) if not ok]
-            out[f'cal_{cname}{q}_rw'] = (kept, group_weights(split, pd.concat([split.train, kept]), np.ones(n_real + len(kept)), target))
-            fill = duplicate_rows(split, lost, seed) if lost else syn.iloc[:0]
-            out[f'cal_{cname}{q}_dup'] = (pd.concat([kept, fill], ignore_index=True), None)
+        for q in (0.0, 0.1): drop(f'cal_{cname}{q}', calibrated_keep(split, syn, p, p_real, q))  # the threshold from the group's real rows
     w = np.r_[np.ones(n_real), np.full(len(syn), 0.5)]
     out['soft0.5'] = (syn, group_weights(split, pd.concat([split.train, syn]), w, target))
     plan = row_groups(split, syn)

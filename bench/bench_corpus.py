@@ -2,9 +2,14 @@
 
 Tables: the corpus of `tests/corpus.py` (R's classic data sets, chosen by a rule), narrowed by a second rule so the run fits
 a working session: a sensitive column, no missing values (SMOTE cannot interpolate them), at most --max-cols columns and
---max-rows rows; then every --every-th of those, in the corpus order. Per table and seed (0, 1, 2): a stratified 70/30 split by
+--max-rows rows; then every --every-th of those, in the corpus order, without a table that copies an earlier one (as many
+rows, at least half its columns holding the same values: R packages re-ship data sets). Per table and seed (0, 1, 2): a stratified 70/30 split by
 (label x sensitive) group (`split_from_table`); every method fills every (label x sensitive) group up to the largest one
-(the 'minority' plan at k = 'fill': what `OPALOverSampler()` does). Methods, in the one experiment engine (`run_method`):
+(the 'minority' plan at k = 'fill': what `OPALOverSampler()` does). With `--protocol spurious`, every table of the rule
+(--every 1 by default) whose target and sensitive column both have two values, drawn instead as the paper's
+spurious-correlation protocol (`spurious_split`: R = 100 training rows, the sensitive value going with the label in all
+but 2 x 5 of them; the test set every row not drawn; a table without enough rows of a group is left out), so the
+minority groups are filled from 5 rows to 45. Methods, in the one experiment engine (`run_method`):
 none, reweight (sample weights inverse to the group's size), duplicate and smote (inside each group), opal_tabular
 (TabularLM with its defaults writing every row, through RowFilter: `OPALOverSampler`'s defaults, as `GENERATED_SHARE` is 1;
 `--methods ... opal` adds `opal_defaults`, the first `GENERATED_SHARE` of each group's rows and copies for the rest;
@@ -36,9 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'tests'))
 
 from corpus import corpus_tables  # noqa: E402
-from opal_nb.core import OPALInputError, BaseGenerator  # noqa: E402
+from opal_nb.core import OPALInputError, BaseGenerator, prepare_frame  # noqa: E402
+from opal_nb.data import spurious_split  # noqa: E402
 from opal_nb.evaluate import unpenalized_logistic, classifier_pipeline  # noqa: E402
-from opal_nb.experiments import PaperMethod, paper_methods, run_method, split_from_table, mixed_rows, cache_path, sampler_method, _features, generator_rows  # noqa: E402
+from opal_nb.experiments import ExperimentSplit, PaperMethod, paper_methods, run_method, split_from_table, mixed_rows, cache_path, sampler_method, _features, generator_rows  # noqa: E402
 from opal_nb.generate import TabularLM  # noqa: E402
 from opal_nb.oversample import GENERATED_SHARE, OPALOverSampler  # noqa: E402
 
@@ -60,7 +66,37 @@ def benchmark_tables(max_cols: int = 12, max_rows: int = 3000, every: int = 2) -
         counts = df.groupby([t.target, t.sensitive], observed=True).size()
         if len(counts) < 2 or counts.min() < 4: continue  # a group needs rows on both sides of the split, and SMOTE two of them
         out.append(t)
-    return out[::every]
+    return without_copies(out[::every])
+
+
+def without_copies(tables: list) -> list:
+    "`tables` without a table that copies an earlier one: as many rows, and at least half its columns holding the same values (R packages re-ship data sets, recoded)."
+    out, seen = [], []
+    for t in tables:
+        df = t.load()
+        cols = {pd.util.hash_pandas_object(df[c].astype(str).sort_values(), index=False).sum() for c in df.columns}
+        if not any(n == len(df) and 2 * len(cols & other) >= len(cols) for n, other in seen):
+            out.append(t); seen.append((len(df), cols))
+    return out
+
+
+def protocol_tables(protocol: str = 'table', every: int | None = None, max_cols: int = 12, max_rows: int = 3000) -> list:
+    "The tables of `protocol`: every 4th of the rule's (`'table'`), or every one whose target and sensitive column have two values (`'spurious'`)."
+    tables = benchmark_tables(max_cols, max_rows, every or (1 if protocol == 'spurious' else 4))
+    if protocol == 'spurious': tables = [t for t in tables if t.load()[[t.target, t.sensitive]].nunique().max() == 2]
+    return tables
+
+
+def table_split(df: pd.DataFrame, t, seed: int, protocol: str = 'table') -> ExperimentSplit:
+    """One seed's split of the corpus table `t`: stratified 70/30 by (label x sensitive) group (`protocol='table'`), or the
+    paper's spurious protocol on the sensitive column (`'spurious'`, R = 100; setting 'spurious', the groups still (label x
+    sensitive), so every method and `OPALOverSampler` fill them as in the table protocol)."""
+    name = re.sub(r'[^A-Za-z0-9]+', '-', t.name)
+    if protocol == 'table': return split_from_table(df, t.target, [t.sensitive], seed=seed, dataset=name)
+    if df[t.sensitive].nunique() != 2: raise OPALInputError(f"sensitive column {t.sensitive!r} has {df[t.sensitive].nunique()} values: the spurious protocol needs two")
+    df = df[list(prepare_frame(df, t.target, [t.sensitive])[0].columns)]  # without the ID columns, as split_from_table
+    ps = spurious_split(df, t.target, t.sensitive, random_state=seed)
+    return ExperimentSplit(name, 'spurious', seed, ps.train.reset_index(drop=True), ps.test.reset_index(drop=True), t.target, sensitive=[t.sensitive])
 
 
 def share_method(written: pd.DataFrame, share: float) -> PaperMethod:
@@ -118,7 +154,7 @@ def classifiers() -> dict:
     return dict(logistic=unpenalized_logistic(), random_forest=RandomForestClassifier(n_estimators=200))
 
 
-def run(tables, seeds, cache_dir, methods=METHODS) -> tuple[pd.DataFrame, list]:
+def run(tables, seeds, cache_dir, methods=METHODS, protocol: str = 'table') -> tuple[pd.DataFrame, list]:
     table, parts, errors = paper_methods(), [], []
     table['opal_balanced'] = paper_methods(tabular={'group_balance': BALANCE})['opal_tabular']  # `--methods ... opal_balanced`
     # opal_tabular's rows as `paper_methods` writes them (its cache tag), from a model the guided variants then reuse
@@ -129,9 +165,8 @@ def run(tables, seeds, cache_dir, methods=METHODS) -> tuple[pd.DataFrame, list]:
                                tab.reference, f'{tab.tag} guidance={w}', f'TabularLM sampling with classifier-free guidance w = {w}')
     for i, t in enumerate(tables):
         df = t.load()
-        name = re.sub(r'[^A-Za-z0-9]+', '-', t.name)
         for seed in seeds:
-            try: split = split_from_table(df, t.target, [t.sensitive], seed=seed, dataset=name)
+            try: split = table_split(df, t, seed, protocol)
             except OPALInputError as e: errors.append((t.name, seed, 'split', str(e))); continue
             for m in methods:
                 try:
@@ -149,21 +184,35 @@ def run(tables, seeds, cache_dir, methods=METHODS) -> tuple[pd.DataFrame, list]:
     return pd.concat(parts, ignore_index=True), errors
 
 
+def complete(tidy: pd.DataFrame) -> pd.DataFrame:
+    "The rows of the (table, classifier, seed) cells where every method of `tidy` ran: the one rule by which a table counts."
+    n = tidy.groupby(['table', 'classifier', 'seed']).method.nunique()
+    return tidy.merge(n[n == tidy.method.nunique()].reset_index()[['table', 'classifier', 'seed']], on=['table', 'classifier', 'seed'])
+
+
 def report(tidy: pd.DataFrame) -> str:
     d = tidy[tidy.metric.isin(METRICS)].copy()
     d.loc[d.metric == 'balanced_accuracy', 'value'] = 1 - d.loc[d.metric == 'balanced_accuracy', 'value']
     d['metric'] = d.metric.replace({'balanced_accuracy': 'balanced_error'})
-    # a table counts only where every method ran on the same seeds
-    full = d.groupby(['table', 'classifier', 'seed']).method.nunique()
-    full = full[full == d.method.nunique()].reset_index()[['table', 'classifier', 'seed']]
-    d = d.merge(full, on=['table', 'classifier', 'seed'])
+    d = complete(d)
     t = d.pivot_table(index=['table', 'classifier', 'metric'], columns='method', values='value', aggfunc='mean')
     order = [m for m in (*METHODS, 'opal', 'opal_balanced', *GUIDED) if m in t.columns]
     out = [f"{d.table.nunique()} tables, seeds per table: {sorted(d.groupby('table').seed.nunique().unique().tolist())}; "
            "mean over seeds of the test errors\n", t[order].round(3).to_string()]
     for o in ('opal_tabular', 'opal', 'opal_select', 'opal_balanced', *GUIDED):
         if o in t.columns: out += _shares(t, o)
-    return '\n'.join(out)
+    return '\n'.join(out + _bar(t))
+
+
+def _bar(t: pd.DataFrame) -> list:
+    "How high the bar is: each baseline at or below the best of the other two, by worst-group error (a method no better than the baselines, drawn like them, would score about this)."
+    w, out = t.xs('worst', level='metric'), ['\n== for reference, worst_group error: tables where a baseline is at or below the best of the other two']
+    for clf, g in w.groupby(level='classifier'):
+        line = [f"{clf:13s} n = {len(g):2d}"]
+        for b in BASELINES:
+            if b in g: line.append(f"{b}: {int((g[b] <= g[[o for o in BASELINES if o != b and o in g]].min(axis=1) + 1e-12).sum())}/{len(g)}")
+        out.append('  '.join(line))
+    return out
 
 
 def _shares(t: pd.DataFrame, o: str) -> list:
@@ -188,7 +237,8 @@ def main(argv=None):
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     p.add_argument('--max-cols', type=int, default=12)
     p.add_argument('--max-rows', type=int, default=3000)
-    p.add_argument('--every', type=int, default=4, help='every n-th table of those the rule selects')
+    p.add_argument('--every', type=int, default=None, help='every n-th table of those the rule selects (default 4; 1 with --protocol spurious)')
+    p.add_argument('--protocol', choices=['table', 'spurious'], default='table', help="table: a stratified 70/30 split; spurious: the paper's spurious protocol on the sensitive column")
     p.add_argument('--limit', type=int, default=None, help='only the first n of those tables')
     p.add_argument('--methods', nargs='+', default=list(METHODS))
     p.add_argument('--cache-dir', default=str(ROOT / '.opal_cache' / 'corpus'))
@@ -199,12 +249,12 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.report_only:
         print(report(pd.read_csv(a.out))); return
-    tables = benchmark_tables(a.max_cols, a.max_rows, a.every)[:a.limit]
+    tables = protocol_tables(a.protocol, a.every, a.max_cols, a.max_rows)[:a.limit]
     if a.reverse: tables = tables[::-1]
     print(f"{len(tables)} tables: " + ', '.join(f"{t.name} ({t.rows}x{t.cols}, target {t.target}, sensitive {t.sensitive})" for t in tables),
           file=sys.stderr, flush=True)
     if a.list: return
-    tidy, errors = run(tables, a.seeds, a.cache_dir, a.methods)
+    tidy, errors = run(tables, a.seeds, a.cache_dir, a.methods, a.protocol)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     tidy[tidy.metric.isin(KEEP)].to_csv(a.out, index=False)
     print(report(tidy))

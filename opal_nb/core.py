@@ -587,12 +587,36 @@ class BaseGenerator(BaseEstimator):
     schema_: Schema | None = None # set by `fit`
     rejected_: pd.DataFrame | None = None # text and reason of what the last `sample` could not read
 
-    def fit(self, df: pd.DataFrame, target: str, sensitive: list[str] | None = None, schema: Schema | None = None):
-        "Learn from (or remember) the real rows of `df`; returns self."
+    def fit(self, df: pd.DataFrame, # the real rows
+            target: str, # the label column
+            sensitive: list[str] | str | None = None, # sensitive columns (part of every group)
+            schema: Schema | None = None, # check `df` against this schema instead of inferring one
+           ):
+        """Check the constructor's arguments (`_validate_params`) and the table (`prepare_frame`), set `schema_`, then learn
+        from (or remember) the table's schema columns (`_fit`); returns self. A failed fit leaves the generator unfitted."""
+        self.schema_ = None  # until the fit succeeds
+        self._validate_params()
+        schema, frame = prepare_frame(df, target, sensitive, schema)
+        self.schema_, self.feature_names_in_ = schema, np.asarray(df.columns, dtype=object)
+        try: self._fit(frame)
+        except BaseException: self.schema_ = None; raise
+        return self
+
+    def _fit(self, df: pd.DataFrame):
+        "What a generator learns from `df`, the checked table (its schema columns, `schema_` set)."
         raise NotImplementedError
 
-    def sample(self, n: int, group: dict | None = None, random_state=None) -> pd.DataFrame:
-        "Up to `n` new rows of `group` (a `{column: value}` dict over the group columns)."
+    def sample(self, n: int, # rows wanted
+               group: dict | None = None, # {column: value} of the group: any subset of the schema's columns (None: any rows)
+               random_state=None, # seed of this call (None: the generator's own, as its `_sample` says)
+              ) -> pd.DataFrame:
+        """Up to `n` new rows of `group`, the schema's columns in schema order with their dtypes: `group` is checked against
+        the schema and `n` as a count, then the generator writes them (`_sample`)."""
+        group = self._check_group(group)
+        return self._sample(check_count(n), group, random_state)
+
+    def _sample(self, n: int, group: dict, random_state) -> pd.DataFrame:
+        "What a generator writes: `n` rows of the checked `group`."
         raise NotImplementedError
 
     def set_params(self, **params):
@@ -606,9 +630,13 @@ class BaseGenerator(BaseEstimator):
     _repr_html_ = None  # IPython would add scikit-learn's HTML view to the bundle
 
     def _validate_params(self):
-        "Check the constructor arguments against `_parameter_constraints`; the `OPALInputError` names the bad one."
+        "Check the constructor arguments against `_parameter_constraints`, then `_check_params`; the `OPALInputError` names the bad one."
         try: validate_parameter_constraints(self._parameter_constraints, self.get_params(deep=False), caller_name=type(self).__name__)
         except InvalidParameterError as e: raise OPALInputError(str(e)) from None
+        self._check_params()
+
+    def _check_params(self):
+        "A generator's checks of its arguments that `_parameter_constraints` cannot say (one argument against another); none here."
 
     def _check_fitted(self):
         if self.schema_ is None: raise OPALInputError(f"{type(self).__name__} is not fitted: call .fit(df, target=...) first")

@@ -403,7 +403,7 @@ def _no_rejects() -> pd.DataFrame: return pd.DataFrame({'text': pd.Series(dtype=
 # %% ../nbs/03_generate.ipynb #b44342fe
 @patch
 def _check_params(self: TabularLM):
-    self._validate_params()  # scikit-learn's check of `_parameter_constraints`
+    "What `_parameter_constraints` cannot say (`_validate_params` checks those first, then calls this)."
     if self.n_embd % self.n_head: raise OPALInputError(f"n_head={self.n_head} must divide n_embd={self.n_embd}")
 
 # %% ../nbs/03_generate.ipynb #aa5f2115
@@ -460,14 +460,9 @@ def group_draws(df: pd.DataFrame, # the training rows
 
 # %% ../nbs/03_generate.ipynb #982191ea
 @patch
-def fit(self: TabularLM, df: pd.DataFrame, # the training table
-        target: str, # the label column
-        sensitive: list[str] | str | None = None, # sensitive columns (part of every group)
-        schema: Schema | None = None, # use this schema instead of inferring one
-       ) -> TabularLM:
-    "Train the model on the rows of `df`; returns self."
-    self._check_params()
-    schema, df = prepare_frame(df, target, sensitive, schema)
+def _fit(self: TabularLM, df: pd.DataFrame):
+    "Train the model on the rows of `df` (checked by `BaseGenerator.fit`, `schema_` set)."
+    schema = self.schema_
     codec = RowCodec(schema)
     encoded = codec.encode_frame(df)
     seed, dev = as_seed(self.random_state), resolve_device(self.device)
@@ -486,19 +481,13 @@ def fit(self: TabularLM, df: pd.DataFrame, # the training table
         losses = train_model(model, batches, loss, total, self.learning_rate, weight_decay=0.01, warmup=0.05, progress=self.progress, desc='fit')
         self.history_, self.n_steps_ = [float(np.mean(losses[i:i + per_epoch])) for i in range(0, len(losses), per_epoch)], len(losses)
     model.eval()
-    self.schema_, self.codec_, self.model_, self.tokenizer_ = schema, codec, model, codec.tokenizer()
+    self.codec_, self.model_, self.tokenizer_ = codec, model, codec.tokenizer()
     self._rng, self.rejected_ = np.random.default_rng(seed), _no_rejects()
-    return self
 
 # %% ../nbs/03_generate.ipynb #9c6059ac
 @patch
-def sample(self: TabularLM, n: int, # number of rows
-           group: dict | None = None, # {column: value} fixed in every row (any subset of columns)
-           random_state: int | None = None, # seed for this call (None: the next seed of the generator's stream)
-          ) -> pd.DataFrame:
-    "`n` new rows of `group`, columns in schema order with their original dtypes."
-    group = self._check_group(group)
-    n = check_count(n)
+def _sample(self: TabularLM, n: int, group: dict, random_state) -> pd.DataFrame:
+    "`n` new rows of `group` (fixed in every row; any subset of the columns); `random_state` None: the next seed of the generator's stream."
     codec = self.codec_
     prompt = codec.prefix(group)  # also checks numeric group values (range, precision)
     seed = as_seed(self._rng if random_state is None else random_state)

@@ -432,25 +432,13 @@ def autocast(model, # the model whose device decides the autocast device
 
 
 # %% ../nbs/03d_pretrained.ipynb #33df1a72
-def _fit_schema(df, target, sensitive, schema) -> tuple[Schema, pd.DataFrame]:
-    "`prepare_frame`, then the check that the schema's names and levels read back from text."
-    schema, df = prepare_frame(df, target, sensitive, schema)
-    check_text_schema(schema)
-    return schema, df
-
 @patch
-def fit(self: SmolICL, df: pd.DataFrame, # the real rows
-        target: str, # the label column
-        sensitive: list[str] | str | None = None, # sensitive columns (part of every group)
-        schema: Schema | None = None, # use this schema instead of inferring one
-       ) -> SmolICL:
-    "Check and remember the real rows the prompts will show; returns self."
-    self._validate_params()
-    self.schema_, df = _fit_schema(df, target, sensitive, schema)
+def _fit(self: SmolICL, df: pd.DataFrame):
+    "Remember the real rows the prompts will show (checked by `BaseGenerator.fit`, `schema_` set; names and levels must read back from text)."
+    check_text_schema(self.schema_)
     self.data_ = coerce_frame(df, self.schema_)
     self.precision_ = resolve_precision(self.precision, resolve_device(self.device))
     self._rng = np.random.default_rng(as_seed(self.random_state))
-    return self
 
 # %% ../nbs/03d_pretrained.ipynb #7f755826
 @patch
@@ -468,12 +456,8 @@ def _prompt(self: SmolICL, tok, pool: pd.DataFrame, group: dict, rng: np.random.
     return list(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True)['input_ids'])
 
 @patch
-def sample(self: SmolICL, n: int, # rows wanted
-           group: dict | None = None, # {column: value} of the group (None: any rows)
-           random_state: int | None = None, # seed of this call (None: the next of the generator's stream)
-          ) -> pd.DataFrame:
-    "`n` new rows of `group`, each written after a prompt with real rows of it."
-    group, n = self._check_group(group), check_count(n)
+def _sample(self: SmolICL, n: int, group: dict, random_state) -> pd.DataFrame:
+    "`n` new rows of `group`, each written after a prompt with real rows of it; `random_state` None: the next seed of the generator's stream."
     pool = self.data_[group_mask(self.data_, group)]
     if not len(pool): raise OPALInputError(f"group {group} has no rows in the data SmolICL was fitted on: the prompt needs real rows of it")
     rng = np.random.default_rng(as_seed(self._rng if random_state is None else random_state))
@@ -674,14 +658,9 @@ def _frozen_exact(model, encoded: list[list[int]], n_frozen: int,
 
 # %% ../nbs/03d_pretrained.ipynb #27beaad7
 @patch
-def fit(self: SmolTabular, df: pd.DataFrame, # the training table
-        target: str, # the label column
-        sensitive: list[str] | str | None = None, # sensitive columns (part of every group)
-        schema: Schema | None = None, # use this schema instead of inferring one
-       ) -> SmolTabular:
-    "Fine-tune a copy of the pretrained model on the rows of `df`; returns self."
-    self._validate_params()
-    self.schema_, df = _fit_schema(df, target, sensitive, schema)
+def _fit(self: SmolTabular, df: pd.DataFrame):
+    "Fine-tune a copy of the pretrained model on the rows of `df` (checked by `BaseGenerator.fit`, `schema_` set; names and levels must read back from text)."
+    check_text_schema(self.schema_)
     base, tok = self._lm()
     seed = as_seed(self.random_state)
     start, eos = self._start_id(tok), tok.eos_token_id
@@ -705,7 +684,6 @@ def fit(self: SmolTabular, df: pd.DataFrame, # the training table
         self.fit_seconds_ = time.time() - t0
     self.model_ = model.eval()
     self._rng = np.random.default_rng(seed)
-    return self
 
 @contextlib.contextmanager
 def _vocab_head(model, vocab: torch.LongTensor | None):
@@ -731,12 +709,8 @@ def _fine_tune(model, encoded, rng, steps, batch_size, lr, vocab=None, states=No
 
 # %% ../nbs/03d_pretrained.ipynb #21c56abb
 @patch
-def sample(self: SmolTabular, n: int, # rows wanted
-           group: dict | None = None, # {column: value} of the group (None: any rows)
-           random_state: int | None = None, # seed of this call (None: the next of the generator's stream)
-          ) -> pd.DataFrame:
-    "`n` new rows of `group`, written by the fine-tuned model under the schema constraint."
-    group, n = self._check_group(group), check_count(n)
+def _sample(self: SmolTabular, n: int, group: dict, random_state) -> pd.DataFrame:
+    "`n` new rows of `group`, written by the fine-tuned model under the schema constraint; `random_state` None: the next seed of the generator's stream."
     tok = self._lm()[1]
     rng = np.random.default_rng(as_seed(self._rng if random_state is None else random_state))
     trie = _trie(tok)

@@ -56,18 +56,13 @@ class ReplayGenerator(BaseGenerator):
                 ):
         self.source, self.style, self.check_range, self.extra_decimals = source, style, check_range, extra_decimals
 
-    def fit(self, df: pd.DataFrame, # the real rows
-            target: str, # the label column
-            sensitive: list[str] | None = None, # sensitive columns, if any
-            schema: Schema | None = None, # use this schema instead of inferring one
-           ) -> ReplayGenerator:
-        "Infer (or take) the schema and parse the source (values of the columns the schema left out are dropped); returns self."
-        self.schema_ = prepare_frame(df, target, sensitive, schema)[0]
+    def _fit(self, df: pd.DataFrame):
+        "Parse the source against `schema_` (values of the columns the schema left out are dropped)."
         text, style = read_source(self.source, self.style, self.schema_)
-        left_out = [c for c in df.columns if c not in self.schema_.columns]  # ID columns: rows written from the whole table carry them
+        left_out = [c for c in self.feature_names_in_ if c not in self.schema_.columns]  # ID columns: rows written from the whole table carry them
         self.parsed_ = parse_rows(text, self.schema_, style=style, extra_decimals=self.extra_decimals, check_range=self.check_range, ignore=left_out)
         self.rows_, self.rejected_, self.parse_rate_ = self.parsed_.rows, self.parsed_.rejected, self.parsed_.parse_rate
-        return self.reset()
+        self.reset()
 
     def reset(self) -> ReplayGenerator:
         "Forget which rows were returned, so that `sample` starts again at the top."
@@ -77,14 +72,8 @@ class ReplayGenerator(BaseGenerator):
         return self
 
 # %% ../nbs/03c_replay.ipynb #34e71506
-def _sample(self: ReplayGenerator,
-            n: int, # rows wanted
-            group: dict | None = None, # e.g. {'income': '>50K', 'sex': 'Female'}; None: any row
-            random_state=None, # ignored: a replay is deterministic
-           ) -> pd.DataFrame:
-    "The next `n` unreturned rows of `group` in source order (fewer if the source runs out)."
-    group = self._check_group(group)
-    n = check_count(n)
+def _sample(self: ReplayGenerator, n: int, group: dict, random_state) -> pd.DataFrame:
+    "The next `n` unreturned rows of `group` in source order (fewer if the source runs out); `random_state` is ignored: a replay is deterministic."
     idx = np.flatnonzero(~self._used & group_mask(self.rows_, group))[:n]
     self._used[idx] = True
     self.rejected_ = self.parsed_.rejected.iloc[:0] if self._reported else self.parsed_.rejected
@@ -95,4 +84,4 @@ def _remaining(self: ReplayGenerator, group: dict | None = None) -> int:
     "Rows of `group` not yet returned by `sample`."
     return int((~self._used & group_mask(self.rows_, self._check_group(group))).sum())
 
-ReplayGenerator.sample, ReplayGenerator.remaining = _sample, _remaining
+ReplayGenerator._sample, ReplayGenerator.remaining = _sample, _remaining

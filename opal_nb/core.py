@@ -223,7 +223,7 @@ def infer_schema(df: pd.DataFrame, # the training table
     sensitive = _as_list(sensitive)
     ids = id_like_columns(df, exclude={target, *sensitive, *kinds}) if drop_ids else []
     if ids: warnings.warn(f"columns {ids} hold a distinct value in every row (row IDs): they are left out of the schema, so no model "
-                          f"learns or copies them, and generated rows get a missing value there; to keep one, name it in kinds "
+                          f"learns or copies them, and the rows a sampler adds get fresh IDs there; to keep one as a feature, name it in kinds "
                           f"(kinds={{{ids[0]!r}: 'categorical'}})", IDColumnWarning, stacklevel=2)
     kinds[target] = 'categorical'
     for c in sensitive: kinds.setdefault(c, 'categorical')

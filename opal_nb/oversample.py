@@ -27,9 +27,10 @@ from .core import (OPALInputError, Schema, check_columns, infer_schema, prepare_
 from .filter import RowFilter, FilterReport
 
 # %% auto #0
-__all__ = ['GENERATED_SHARE', 'SELECT_SHARES', 'GENERATORS', 'GroupSampler', 'OPALOverSampler', 'coerce_like', 'ShortfallWarning',
-           'fill_groups', 'make_generator', 'clone_generator', 'group_share', 'generated_count', 'copy_rows',
-           'first_rows', 'validation_mask', 'one_standard_error', 'GroupOverSampler', 'OversampleResult', 'oversample']
+__all__ = ['GENERATED_SHARE', 'SELECT_SHARES', 'GENERATORS', 'GroupSampler', 'OPALOverSampler', 'fresh_ids', 'coerce_like',
+           'ShortfallWarning', 'fill_groups', 'make_generator', 'clone_generator', 'group_share', 'generated_count',
+           'copy_rows', 'first_rows', 'validation_mask', 'one_standard_error', 'GroupOverSampler', 'OversampleResult',
+           'oversample']
 
 # %% ../nbs/05_oversample.ipynb #485f3237
 GENERATED_SHARE = 1.0 # the default share of each group's missing rows the generator writes (the rest: copies of the group's real rows); chosen on validation rows by bench/bench_share.py
@@ -253,12 +254,30 @@ def _prepare(sampler, X, y, sensitive_features) -> _Prepared:
     return _Prepared(df, model_df, list(Xf.columns), target, sens, counts, need, X, y, kind, labels, one_hot)
 
 # %% ../nbs/05_oversample.ipynb #a8499da9
+def fresh_ids(real: pd.Series, # an ID column of the real rows (a distinct value in every row)
+              n: int, # how many new rows need one
+             ) -> pd.Series:
+    """`n` IDs no real row holds, in `real`'s dtype: integers counting on from the largest, text 'opal-1', 'opal-2', ...
+    (skipping any a real row holds). Dates, times and categories get missing values: they have no next value to take."""
+    if pd.api.types.is_integer_dtype(real) and not pd.api.types.is_bool_dtype(real):
+        start = int(real.max()) + 1 if len(real) else 0
+        fits = start + n - 1 <= np.iinfo(real.dtype.numpy_dtype if hasattr(real.dtype, 'numpy_dtype') else real.dtype).max
+        return pd.Series(np.arange(start, start + n), dtype=real.dtype if fits else 'int64')  # past the dtype's largest value: int64
+    if isinstance(real.dtype, pd.CategoricalDtype) or not (pd.api.types.is_object_dtype(real) or pd.api.types.is_string_dtype(real)):
+        return pd.Series([None] * n, dtype=real.dtype)
+    taken, out, i = set(real.astype(str)), [], 0
+    while len(out) < n:
+        i += 1
+        if f'opal-{i}' not in taken: out.append(f'opal-{i}')
+    return pd.Series(out, dtype=real.dtype)
+
 def coerce_like(new: pd.DataFrame, real: pd.DataFrame, schema: Schema) -> pd.DataFrame:
-    "Round `new` to the schema's precision and cast it to the dtypes of `real` (columns the schema left out, such as IDs, stay missing)."
+    "Round `new` to the schema's precision and cast it to the dtypes of `real`; the columns the schema left out (IDs) get `fresh_ids`."
     out = new.copy()
     for c in out.columns:
         spec = schema.columns.get(c)
         if spec is not None and spec.is_numeric: out[c] = _round(pd.to_numeric(out[c]).astype('float64'), spec.precision)
+        if spec is None and c in real.columns: out[c] = fresh_ids(real[c], len(out)).set_axis(out.index)
         try: out[c] = out[c].astype(real[c].dtype)
         except (TypeError, ValueError): pass
     return out.reset_index(drop=True)
@@ -450,7 +469,7 @@ def _fit_resample(self: OPALOverSampler, inp) -> pd.DataFrame:
     "The generated rows, then the copies (`generated_share` < 1, or the share `select_with` chose)."
     cols = [inp.target, *inp.sensitive]
     self.derived_disagreements_, self.selection_, self.selected_share_ = 0, None, None
-    kept = [c for c in inp.df.columns if c in self.schema_.columns]  # ID columns the schema left out stay missing, as in written rows
+    kept = [c for c in inp.df.columns if c in self.schema_.columns]  # ID columns the schema left out: fresh IDs come in coerce_like
     if self.select_with is None:
         written, copies = _shares(inp.need, inp.counts, self.generated_share)
         synth = _write(self, inp, np.ones(len(inp.df), bool), written)
@@ -583,7 +602,7 @@ def _group_codes(df: pd.DataFrame, cols: list[str]) -> tuple[np.ndarray, dict]:
 def _fit_resample(self: GroupOverSampler, inp) -> pd.DataFrame:
     "The rows duplication or SMOTE adds per group."
     df, cols, need = inp.df, [inp.target, *inp.sensitive], inp.need
-    feats = [c for c in self.schema_.names if c not in cols] + inp.sensitive  # ID columns left out of the schema stay missing
+    feats = [c for c in self.schema_.names if c not in cols] + inp.sensitive  # ID columns left out of the schema: fresh IDs come in coerce_like
     if not any(need.values()): return df.iloc[:0]
     method = self.method
     label, inv = _group_codes(df, cols)

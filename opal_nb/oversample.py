@@ -27,10 +27,10 @@ from .core import (OPALInputError, Schema, check_columns, infer_schema, prepare_
 from .filter import RowFilter, FilterReport
 
 # %% auto #0
-__all__ = ['GENERATED_SHARE', 'SELECT_SHARES', 'GENERATORS', 'GroupSampler', 'OPALOverSampler', 'fresh_ids', 'coerce_like',
-           'ShortfallWarning', 'fill_groups', 'make_generator', 'clone_generator', 'group_share', 'generated_count',
-           'copy_rows', 'first_rows', 'validation_mask', 'one_standard_error', 'GroupOverSampler', 'OversampleResult',
-           'oversample']
+__all__ = ['GENERATED_SHARE', 'SELECT_SHARES', 'GENERATORS', 'GroupSampler', 'OPALOverSampler', 'times_as_days', 'days_as_times',
+           'fresh_ids', 'coerce_like', 'ShortfallWarning', 'fill_groups', 'make_generator', 'clone_generator',
+           'group_share', 'generated_count', 'copy_rows', 'first_rows', 'validation_mask', 'one_standard_error',
+           'GroupOverSampler', 'OversampleResult', 'oversample']
 
 # %% ../nbs/05_oversample.ipynb #485f3237
 GENERATED_SHARE = 1.0 # the default share of each group's missing rows the generator writes (the rest: copies of the group's real rows); chosen on validation rows by bench/bench_share.py
@@ -206,6 +206,44 @@ class _Prepared:
     x_kind: str # 'frame', 'array' or 'list'
     labels: np.ndarray # one label per row
     one_hot: bool # y came one-hot encoded
+    times: dict # date and duration columns of X, written as days in `df`: column -> (dtype, the resolution of its values)
+
+_EPOCH, _DAY = pd.Timestamp('1970-01-01'), pd.Timedelta(1, 'D')
+_RESOLUTIONS = ('D', 'h', 'min', 's', 'ms', 'us') # the coarsest one every real value sits on is the one new values get
+
+def _is_time(s: pd.Series) -> bool: return pd.api.types.is_datetime64_any_dtype(s) or pd.api.types.is_timedelta64_dtype(s)
+
+def _naive(s: pd.Series) -> pd.Series:
+    "Dates as naive UTC times (a time-zone-aware column converted), durations unchanged."
+    return s.dt.tz_convert('UTC').dt.tz_localize(None) if getattr(s.dt, 'tz', None) is not None else s
+
+def times_as_days(X: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """`X` with its date and duration columns as days (float64: since 1970-01-01 for dates), which every generator and
+    filter models as numbers, and what `days_as_times` needs to turn them back: column -> (dtype, resolution)."""
+    times = {}
+    for c in X.columns:
+        if not _is_time(X[c]): continue
+        v = _naive(X[c]).dropna()
+        unit = next((u for u in _RESOLUTIONS if (v == v.dt.floor(u)).all()), None)
+        times[c] = (X[c].dtype, unit)
+    if not times: return X, times
+    out = X.copy()
+    for c in times:
+        v = _naive(X[c])
+        out[c] = ((v - _EPOCH) if pd.api.types.is_datetime64_any_dtype(v) else v) / _DAY
+    return out, times
+
+def days_as_times(days: pd.Series, # days, as `times_as_days` wrote them (missing stays missing)
+                  dtype, # the column's dtype in the caller's X
+                  unit: str | None = None, # round to this resolution (None: to the nanosecond)
+                 ) -> pd.Series:
+    "The dates or durations `days` stand for, at `unit`, in `dtype`."
+    d = pd.to_timedelta(pd.to_numeric(days).astype('float64') * 86400e9, unit='ns')
+    if unit: d = d.dt.round(unit)
+    if pd.api.types.is_timedelta64_dtype(dtype): return d.astype(dtype)
+    t = _EPOCH + d
+    tz = getattr(dtype, 'tz', None)
+    return (t.dt.tz_localize('UTC').dt.tz_convert(tz) if tz is not None else t).astype(dtype)
 
 def _derived_frame(X: pd.DataFrame, derived: dict | None, outside: pd.DataFrame) -> pd.DataFrame:
     "The declared attributes `{name: (column, threshold)}` of X's rows: True where the column is above the threshold."
@@ -232,6 +270,7 @@ def _prepare(sampler, X, y, sensitive_features) -> _Prepared:
     "Check everything, build the frame, set `schema_`, `sampling_strategy_` and the feature attributes."
     sampler._validate_params()
     Xf, kind = _as_frame(X)
+    Xf, times = times_as_days(Xf)
     if Xf.shape[1] == 0: raise OPALInputError(f"X has 0 feature(s) (shape={Xf.shape}) while a minimum of 1 is required: a generator needs a feature to write")
     labels, one_hot = _labels(y)
     if len(labels) != len(Xf): raise OPALInputError(f"X has {len(Xf)} rows but y has {len(labels)}: pass one label per row of X")
@@ -251,7 +290,7 @@ def _prepare(sampler, X, y, sensitive_features) -> _Prepared:
     sampler.n_features_in_ = Xf.shape[1]
     if kind == 'frame': sampler.feature_names_in_ = np.asarray(Xf.columns, dtype=object)
     elif hasattr(sampler, 'feature_names_in_'): del sampler.feature_names_in_
-    return _Prepared(df, model_df, list(Xf.columns), target, sens, counts, need, X, y, kind, labels, one_hot)
+    return _Prepared(df, model_df, list(Xf.columns), target, sens, counts, need, X, y, kind, labels, one_hot, times)
 
 # %% ../nbs/05_oversample.ipynb #a8499da9
 def fresh_ids(real: pd.Series, # an ID column of the real rows (a distinct value in every row)
@@ -291,6 +330,7 @@ def _cast(values, like):
 def _give_back(inp: _Prepared, out: pd.DataFrame):
     "X_res, y_res from the combined frame `out`, in the types of the caller's X and y."
     X_res = out[inp.x_columns]
+    if inp.times: X_res = X_res.assign(**{c: days_as_times(X_res[c], *inp.times[c]) for c in inp.times})
     if inp.x_kind == 'frame':
         X_res = X_res.astype({c: t for c, t in inp.X.dtypes.items() if t != X_res[c].dtype}, errors='ignore')
         X_res.columns = inp.X.columns  # the caller's column index (pandas' string dtype included), not a rebuilt one
@@ -309,11 +349,15 @@ def _finish(sampler, inp: _Prepared, new: pd.DataFrame):
     "Append the new rows, set the fitted attributes and return X_res, y_res."
     new = coerce_like(new.reindex(columns=inp.df.columns), inp.df, sampler.schema_)
     out = pd.concat([inp.df, new], ignore_index=True)
-    sampler.synthetic_ = new
+    sampler.synthetic_ = new.assign(**{c: days_as_times(new[c], *inp.times[c]) for c in inp.times})
     sampler.synthetic_mask_ = np.r_[np.zeros(len(inp.df), bool), np.ones(len(new), bool)]
     sampler.group_counts_ = pd.DataFrame({'before': inp.counts, 'after': group_counts(out, inp.target, inp.sensitive)})
     sampler.sensitive_features_resampled_ = out[inp.sensitive] if inp.sensitive else None
-    return _give_back(inp, out)
+    X_res, y_res = _give_back(inp, out)
+    if inp.times and inp.x_kind == 'frame':  # the real rows exactly as given: days do not keep every nanosecond
+        X_res = X_res.copy()
+        for c in inp.times: X_res[c] = pd.concat([inp.X[c].reset_index(drop=True), X_res[c].iloc[len(inp.df):]], ignore_index=True)
+    return X_res, y_res
 
 # %% ../nbs/05_oversample.ipynb #778bda18
 class ShortfallWarning(UserWarning):

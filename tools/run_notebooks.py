@@ -2,7 +2,8 @@
 
 Each notebook runs as `nbdev-test` runs it: execnb's `CaptureShell`, working directory the notebook's folder,
 cells flagged with a `tst_flags` flag (`#| slow`) or `eval: false` left out (they keep the outputs they have).
-The outputs are then made fit to commit: tqdm progress bars on stderr and widget views are dropped, and
+The outputs are then made fit to commit: tqdm progress bars and matplotlib's "findfont:" fallbacks on stderr (they depend
+on the machine's font cache, not on the notebook) and widget views are dropped, and
 nbdev-clean's own cleaning (`nbdev.clean`) is applied. An error output, the repository's absolute path, a timing,
 an "IProgress not found" warning or an API key in an output fails the run, and that notebook is not written.
 
@@ -24,6 +25,7 @@ PAPER_NBS = r'^(02_imbalanced|03_spurious|04_scaling)'
 WIDGET = 'application/vnd.jupyter.widget-view+json'
 # one tqdm refresh: "desc:  40%|####      | 4/10 [00:01<00:02,  2.9it/s]" (also without a total: "12it [00:01, 9.5it/s]",
 # and with a unit of its own: "generating rows: 57%|#####7    | 107/187 [00:00<00:00, 224.98row/s]")
+FINDFONT = re.compile(r'findfont: ')  # matplotlib falling back from a font its cache lists but cannot find (a cache made by a venv since deleted)
 TQDM = re.compile(r'(\d+%\|.*\|\s*\S+/\S+\s*\[|\d+\w*\s*\[)[^\]]*(\w+/s|s/\w+|\?)\]?')  # any unit: it/s, row/s, s/step
 FORBIDDEN = [(re.compile(re.escape(str(root))), 'the repository path'),
              (re.compile(re.escape(str(Path.home())) + '/'), 'the home directory'),
@@ -56,7 +58,7 @@ def strip_progress(s: str) -> str:
     keep = []
     for line in s.split('\n'):
         parts = [ANSI.sub('', p) for p in line.split('\r')]
-        parts = [p for p in parts if p.strip() and not TQDM.search(p)]  # a bar, or what is left when a nested bar clears
+        parts = [p for p in parts if p.strip() and not TQDM.search(p) and not FINDFONT.match(p)]  # a bar, or what is left when a nested bar clears
         if parts: keep.append(parts[-1])
         elif not line.strip(): keep.append('')
     out = '\n'.join(keep)

@@ -221,6 +221,7 @@ def times_as_days(X: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """`X` with its date and duration columns as days (float64: since 1970-01-01 for dates), which every generator and
     filter models as numbers, and what `days_as_times` needs to turn them back: column -> (dtype, resolution)."""
     times = {}
+    if not isinstance(X, pd.DataFrame): return X, times  # not a frame: the checks that follow say so
     for c in X.columns:
         if not _is_time(X[c]): continue
         v = _naive(X[c]).dropna()
@@ -706,7 +707,7 @@ def oversample(df: pd.DataFrame, # the training table, target included
               ) -> OversampleResult:
     "Oversample the groups of `df` and return real plus generated rows."
     sens = _as_list(sensitive)
-    validate_frame(df, target, sens)
+    validate_frame(times_as_days(df)[0], target, sens)  # dates and durations: the sampler takes them as days
     if 'synthetic' in df.columns: raise OPALInputError("the frame has a column 'synthetic', which the result uses to mark generated rows: rename it")
     X, y = df.drop(columns=target), df[target]
     if isinstance(generator, str):
